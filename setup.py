@@ -1,0 +1,52 @@
+"""t5x_ext: UL2-style pretraining (Mixture-of-Denoisers) in JAX/Flax with SeqIO tasks."""
+
+import setuptools
+
+# Versions that install together on Python 3.11+ (checked on a fresh venv, 2026-11).
+# The data side (seqio, tensorflow, tensorflow-text, tensorflow-datasets) and the model
+# side (jax, flax, optax, orbax) are pinned as sets: tensorflow-text must match tensorflow
+# exactly, and flax/orbax track jax closely.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "clu==0.0.12",
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "gin-config==0.5.0",
+    "sentencepiece==0.2.3",
+    "numpy>=2.0,<3",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "ruff>=0.6",
+        # Parity tests against Transformers' PyTorch T5 (random weights, no download).
+        # torch 2.13.0 has a CPU wheel for Python 3.11.
+        "torch==2.13.0",
+        "transformers==5.24.0",
+        "safetensors>=0.4",
+    ],
+    "bench": ["psutil>=5.9"],
+    "notebooks": ["nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8", "nbformat>=5.10"],
+    "hf": ["safetensors>=0.4"],
+}
+
+setuptools.setup(
+    name="t5x_ext",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["t5x_ext", "t5x_ext.*", "tasks", "tasks.*"]),
+    package_data={"tasks": ["data/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)

@@ -1,0 +1,54 @@
+"""Shared pytest fixtures: isolate gin config and the SeqIO registries per test."""
+
+import os
+import pathlib
+
+# Keep TensorFlow quiet and off any accelerator: tests run on CPU.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SPM32K = SHARED_DATA / "spm" / "spm32k.model"
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  """Gin's global config leaks across tests; clear it before and after each one."""
+  try:
+    import gin
+  except ImportError:  # pragma: no cover - gin is a hard dependency
+    yield
+    return
+  gin.clear_config(clear_constants=True)
+  yield
+  gin.clear_config(clear_constants=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_seqio_registries():
+  """Removes the tasks and mixtures a test registers, keeping those registered before."""
+  import sys
+
+  if "seqio" not in sys.modules:
+    yield
+    return
+  import seqio
+
+  tasks = dict(seqio.TaskRegistry._REGISTRY)
+  mixtures = dict(seqio.MixtureRegistry._REGISTRY)
+  yield
+  seqio.TaskRegistry._REGISTRY.clear()
+  seqio.TaskRegistry._REGISTRY.update(tasks)
+  seqio.MixtureRegistry._REGISTRY.clear()
+  seqio.MixtureRegistry._REGISTRY.update(mixtures)
+
+
+@pytest.fixture
+def spm32k_path():
+  """Path to the shared 32K SentencePiece model; skips the test where it is absent."""
+  if not SPM32K.exists():
+    pytest.skip(f"{SPM32K} not present (development machines and CI only)")
+  return str(SPM32K)
