@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "clu==0.0.12",
+    # clu's SummaryWriter (TensorBoard events) imports tensorboard, which TF 2.21 no longer pulls in.
+    "tensorboard==2.21.0",
     "seqio==0.0.20",
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
