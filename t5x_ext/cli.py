@@ -1,0 +1,205 @@
+"""Command-line plumbing shared by the entry points (`t5x_ext.train|eval|infer`).
+
+T5X-style flags:
+
+  --gin_file=FILE          a gin file; may repeat; relative paths are looked up in the
+                           current directory, then in the gin search path
+  --gin.KEY=VALUE          one binding, e.g. `--gin.TRAIN_STEPS=100`,
+                           `--gin.MODEL_DIR="'/tmp/run'"` (values are gin literals)
+  --gin_bindings=B         the same as a raw binding string; may repeat
+  --gin_search_path=DIR    an extra directory for `include`; may repeat
+  --multiprocess           call `jax.distributed.initialize()` first (multi-host; on TPU
+                           pods and SLURM the arguments are detected), optionally with
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+
+The gin search path always holds the repository's `gin/` directory (next to the installed
+`t5x_ext` package, as with `pip install -e .`) and `t5x_ext/gin` if a packaged copy exists, so
+`include 'models/t5_1_1/tiny.gin'` works from any working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+def gin_search_paths() -> list[str]:
+  """Directories where gin looks for `include`d and `--gin_file` files.
+
+  Returns:
+    Existing directories: the repository's `gin/` and a packaged `t5x_ext/gin`.
+  """
+  candidates = [PACKAGE_DIR.parent / "gin", PACKAGE_DIR / "gin"]
+  return [str(p) for p in candidates if p.is_dir()]
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+  """Parses the entry points' flags (see the module docstring).
+
+  Args:
+    argv: command-line arguments without the program name.
+
+  Returns:
+    Namespace with gin_files, gin_bindings, gin_search_paths, multiprocess,
+    coordinator_address, num_processes, process_id.
+
+  Raises:
+    SystemExit: on an unknown flag (argparse's usage message names it).
+  """
+  bindings: list[str] = []
+  rest: list[str] = []
+  for arg in argv:
+    # `--gin.KEY=VALUE` cannot be declared to argparse (the key is free); peel it off here.
+    if arg.startswith("--gin."):
+      key, sep, value = arg[len("--gin.") :].partition("=")
+      if not sep or not key:
+        raise SystemExit(f"Flag {arg!r}: expected --gin.KEY=VALUE.")
+      bindings.append(f"{key} = {value}")
+    else:
+      rest.append(arg)
+  parser = argparse.ArgumentParser(allow_abbrev=False)
+  parser.add_argument("--gin_file", action="append", default=[], dest="gin_files")
+  parser.add_argument("--gin_bindings", action="append", default=[])
+  parser.add_argument("--gin_search_path", action="append", default=[], dest="gin_search_paths")
+  parser.add_argument("--multiprocess", action="store_true")
+  parser.add_argument("--coordinator_address", default=None)
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  args = parser.parse_args(rest)
+  args.gin_bindings = list(args.gin_bindings) + bindings
+  return args
+
+
+def _resolve_gin_file(path: str, search_paths: Sequence[str]) -> str:
+  if os.path.exists(path):
+    return path
+  for base in search_paths:
+    candidate = os.path.join(base, path)
+    if os.path.exists(candidate):
+      return candidate
+    # Allow `gin/local/x.gin` when the search path already ends in `gin/`.
+    if path.startswith("gin/") and os.path.exists(os.path.join(base, path[4:])):
+      return os.path.join(base, path[4:])
+  raise FileNotFoundError(
+    f"--gin_file={path!r} not found in the current directory or the gin search path "
+    f"{list(search_paths)}."
+  )
+
+
+def parse_gin(
+  gin_files: Sequence[str],
+  gin_bindings: Sequence[str] = (),
+  search_paths: Sequence[str] = (),
+  *,
+  finalize: bool = False,
+) -> None:
+  """Parses gin files and bindings, with the project's search path.
+
+  Args:
+    gin_files: files, parsed in order.
+    gin_bindings: binding strings, applied after the files.
+    search_paths: extra directories for `include`, searched before the defaults.
+    finalize: lock the config afterwards.
+
+  Raises:
+    FileNotFoundError: naming a gin file that is nowhere on the path.
+  """
+  paths = list(search_paths) + gin_search_paths()
+  for p in paths:
+    gin.add_config_file_search_path(p)
+  # gin resolves `include` relative to the search path but the top-level files we resolve
+  # ourselves, to give a clear error naming the flag.
+  files = [_resolve_gin_file(f, paths) for f in gin_files]
+  gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=finalize)
+
+
+def macro_value(name: str, default: Any = None) -> Any:
+  """Returns the value bound to gin macro `name`, or `default` if it is not bound.
+
+  Args:
+    name: the macro, e.g. "MODEL_DIR".
+    default: returned when the macro is unbound.
+
+  Returns:
+    The bound value (references are returned unevaluated).
+  """
+  try:
+    return gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    return default
+
+
+def _is_required_marker(value: Any) -> bool:
+  return isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED"
+
+
+def check_required_macros(names: Sequence[str], *, run_file_hint: str = "") -> None:
+  """Fails early, naming the macro, when a `%gin.REQUIRED` macro was never given a value.
+
+  gin itself only fails when the configured function is called, and names the parameter
+  rather than the macro the user must set.
+
+  Args:
+    names: the macros that must be bound (e.g. MODEL_DIR, MIXTURE_OR_TASK_NAME).
+    run_file_hint: the run file that declares them, for the message.
+
+  Raises:
+    ValueError: naming the first missing macro and how to set it.
+  """
+  for name in names:
+    value = macro_value(name, default=None)
+    if value is None or _is_required_marker(value):
+      where = f" (declared %gin.REQUIRED in {run_file_hint})" if run_file_hint else ""
+      raise ValueError(
+        f"Required gin macro {name} is not set{where}; pass --gin.{name}=... or bind it in a "
+        "gin file."
+      )
+
+
+def maybe_initialize_distributed(args: argparse.Namespace) -> None:
+  """Calls `jax.distributed.initialize` when `--multiprocess` is given.
+
+  Args:
+    args: parsed flags (multiprocess, coordinator_address, num_processes, process_id).
+  """
+  if not args.multiprocess:
+    return
+  import jax
+
+  kwargs = {}
+  if args.coordinator_address:
+    kwargs["coordinator_address"] = args.coordinator_address
+  if args.num_processes is not None:
+    kwargs["num_processes"] = args.num_processes
+  if args.process_id is not None:
+    kwargs["process_id"] = args.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def run(configured_main, argv: Sequence[str] | None = None, *, required_macros=(), hint="") -> Any:
+  """Parses flags and gin, checks required macros, then calls `configured_main()`.
+
+  Args:
+    configured_main: a zero-argument callable that reads everything from gin.
+    argv: arguments (default `sys.argv[1:]`).
+    required_macros: macros that must be set (checked before anything is built).
+    hint: the run file that declares them, for error messages.
+
+  Returns:
+    Whatever `configured_main` returns.
+  """
+  args = parse_flags(sys.argv[1:] if argv is None else argv)
+  if not args.gin_files:
+    raise SystemExit("At least one --gin_file is needed (e.g. --gin_file=gin/local/ul2_tiny.gin).")
+  maybe_initialize_distributed(args)
+  parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths)
+  check_required_macros(required_macros, run_file_hint=hint)
+  return configured_main()
