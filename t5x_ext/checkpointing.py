@@ -1,0 +1,423 @@
+"""Orbax checkpoints under `MODEL_DIR/checkpoints`: periodic async saves, resume, preemption.
+
+A checkpoint (one directory per step) holds two items:
+
+  state   the train state pytree (params, optimizer state, step ...), saved sharded
+          (`ocp.args.StandardSave`); restored straight into the shardings of an abstract target.
+  data    a JSON-able dict from the caller, e.g. the data iterator's position, so a resumed run
+          continues on exactly the batches it would have seen (`ocp.args.JsonSave`). It is
+          written by the primary process only, so it must be the same on every process (e.g.
+          "batches consumed"); each process derives its own shard from it.
+
+Typical loop (see `t5x_ext.trainer`):
+
+    ckpt = Checkpointer(model_dir, save_interval_steps=1000, max_to_keep=3)
+    restored = ckpt.restore_latest(abstract_state)      # None on a fresh start
+    ...
+    for step in range(start, total):
+      state = train_step(state, batch)
+      ckpt.maybe_save(step + 1, state, {"batches": step + 1})
+      if ckpt.stop_requested:                            # SIGTERM: saved already; leave the loop
+        break
+    ckpt.close()                                         # waits for the async save
+
+Crash safety comes from Orbax: a step is written to `<step>.orbax-checkpoint-tmp-*` (or
+without `commit_success.txt` on object stores) and only renamed/committed when complete, so a
+process killed mid-save leaves a directory Orbax does not list. `Checkpointer` warns about such
+leftovers, and if the newest listed checkpoint still fails to restore (files lost afterwards),
+it moves it aside to `checkpoints.corrupt/` with a warning and restores the previous one.
+
+No state with NaN/Inf in it is ever written: `maybe_save` checks (`check_finite`) and raises
+`NonFiniteStateError` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+logger = logging.getLogger(__name__)
+
+STATE_ITEM = "state"
+DATA_ITEM = "data"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class NonFiniteStateError(FloatingPointError):
+  """Raised instead of writing a checkpoint of a state with NaN or Inf in it."""
+
+
+def check_finite(tree: Any) -> bool:
+  """Whether every floating-point leaf of `tree` is finite (no NaN/Inf).
+
+  One fused reduction on device, then one scalar to the host.
+
+  Args:
+    tree: pytree of arrays (sharded or not); non-float leaves are ignored.
+
+  Returns:
+    True when all floating leaves are finite.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not leaves:
+    return True
+  return bool(_all_finite(leaves))
+
+
+@jax.jit
+def _all_finite(leaves):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _to_abstract(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings where known) for arrays or abstract leaves."""
+
+  def one(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+  return jax.tree.map(one, tree)
+
+
+class Checkpointer:
+  """Saves and restores train state + data position under `<model_dir>/checkpoints`.
+
+  Args:
+    model_dir: the run's directory (MODEL_DIR); checkpoints go to `<model_dir>/checkpoints`.
+    save_interval_steps: save when `step % save_interval_steps == 0` (and on `force`).
+    max_to_keep: keep the newest K checkpoints (None = all).
+    keep_period: also keep every checkpoint whose step is a multiple of this (None = off).
+    async_save: write in a background thread; the train step continues after the device to
+      host copy.
+    handle_sigterm: install a SIGTERM handler (see `request_stop`); main thread only.
+  """
+
+  def __init__(
+    self,
+    model_dir: str | os.PathLike,
+    *,
+    save_interval_steps: int = 1000,
+    max_to_keep: int | None = 3,
+    keep_period: int | None = None,
+    async_save: bool = True,
+    handle_sigterm: bool = True,
+  ):
+    if not isinstance(save_interval_steps, int) or save_interval_steps < 1:
+      raise ValueError(f"save_interval_steps = {save_interval_steps!r}: must be an int >= 1.")
+    if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
+      raise ValueError(f"max_to_keep = {max_to_keep!r}: must be an int >= 1 or None.")
+    self.directory = epath.Path(model_dir) / "checkpoints"
+    self.save_interval_steps = save_interval_steps
+    self._warn_incomplete()
+    options = ocp.CheckpointManagerOptions(
+      save_interval_steps=save_interval_steps,
+      max_to_keep=max_to_keep,
+      keep_period=keep_period,
+      enable_async_checkpointing=async_save,
+      # Leftovers of a killed save are useless once we have warned about them.
+      cleanup_tmp_directories=True,
+      create=True,
+    )
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM)
+    )
+    self._stop = threading.Event()
+    self.stop_requested = False
+    self._previous_handler = None
+    if handle_sigterm:
+      self._install_sigterm_handler()
+
+  # ----------------------------------------------------------------------------- queries
+
+  def all_steps(self) -> list[int]:
+    """Steps of the complete checkpoints, ascending.
+
+    Returns:
+      Sorted list of steps.
+    """
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None.
+
+    Returns:
+      Step or None.
+    """
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def _warn_incomplete(self) -> None:
+    if not self.directory.exists():
+      return
+    for child in self.directory.iterdir():
+      if TMP_MARKER in child.name:
+        logger.warning(
+          "Skipping incomplete checkpoint %s (a save was interrupted, e.g. the process was "
+          "killed); resuming from the last complete one.",
+          child,
+        )
+
+  # ----------------------------------------------------------------------------- saving
+
+  def maybe_save(
+    self, step: int, state: Any, data_state: Mapping[str, Any] | None = None, *, force: bool = False
+  ) -> bool:
+    """Saves when `step` is on the interval, `force` is set, or a stop (SIGTERM) was requested.
+
+    On a stop request the save is forced and waited for, and `stop_requested` becomes True:
+    the caller should leave its loop and exit.
+
+    Args:
+      step: the step the state has reached (number of updates applied).
+      state: train state pytree (arrays, possibly sharded).
+      data_state: JSON-able dict, e.g. the data iterator position (same on every process).
+      force: save regardless of the interval.
+
+    Returns:
+      Whether a save was started.
+
+    Raises:
+      NonFiniteStateError: if the state holds NaN/Inf (nothing is written).
+    """
+    stop = self.stop_check(step)
+    force = force or stop
+    # The interval is ours, not Orbax's should_save (which also saves the first step seen).
+    if not force and step % self.save_interval_steps:
+      return False
+    if step in self._manager.all_steps():
+      saved = False  # e.g. forced at a step that the interval already saved
+    else:
+      if not check_finite(state):
+        raise NonFiniteStateError(
+          f"Refusing to checkpoint step {step}: the state holds NaN or Inf."
+        )
+      args = ocp.args.Composite(
+        **{
+          STATE_ITEM: ocp.args.StandardSave(state),
+          DATA_ITEM: ocp.args.JsonSave(dict(data_state or {})),
+        }
+      )
+      saved = self._manager.save(step, args=args, force=True)
+    if stop:
+      self._manager.wait_until_finished()
+      self.stop_requested = True
+      logger.warning("Stop requested (SIGTERM): checkpoint of step %d written; stopping.", step)
+    return saved
+
+  def wait(self) -> None:
+    """Blocks until any async save has been committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves, releases Orbax resources and restores the SIGTERM handler."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+    if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
+
+  # ----------------------------------------------------------------------------- preemption
+
+  def _install_sigterm_handler(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      logger.warning("Not in the main thread: no SIGTERM handler, so no save on preemption.")
+      return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+      # Saving inside a signal handler could interrupt a running step or an Orbax write;
+      # instead flag it, and let the train loop save at the next step boundary. A second
+      # SIGTERM goes to the previous handler (default: terminate at once).
+      del frame
+      logger.warning("SIGTERM received: will checkpoint after the current step and stop.")
+      self._stop.set()
+      signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, handler)
+    self._previous_handler = previous
+
+  def request_stop(self) -> None:
+    """What SIGTERM does: the next `maybe_save` saves (forced), then sets `stop_requested`."""
+    self._stop.set()
+
+  def stop_check(self, step: int) -> bool:
+    """Whether a stop was requested, agreed by all processes (a collective when several).
+
+    Every process must call it at the same steps (maybe_save does, each step).
+
+    Args:
+      step: current step (for logging only).
+
+    Returns:
+      True if any process received SIGTERM / `request_stop`.
+    """
+    del step
+    local = self._stop.is_set()
+    if jax.process_count() == 1:
+      return local
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+
+  # ----------------------------------------------------------------------------- restoring
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any], int] | None:
+    """Restores the newest complete checkpoint that can be read, into the target's shardings.
+
+    A listed checkpoint that fails to restore is moved to `checkpoints.corrupt/` with a
+    warning and the previous one is tried.
+
+    Args:
+      abstract_state: the state's structure as `jax.ShapeDtypeStruct`s with `.sharding`
+        (e.g. `partitioning.with_shardings(jax.eval_shape(...), shardings)`), or real arrays.
+
+    Returns:
+      `(state, data_state, step)`, or None when there is no usable checkpoint.
+    """
+    target = _to_abstract(abstract_state)
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardRestore(target), DATA_ITEM: ocp.args.JsonRestore()}
+          ),
+        )
+      except Exception as e:  # noqa: BLE001 - any read failure means "unusable", try older
+        self._quarantine(step, e)
+        continue
+      logger.info("Restored checkpoint of step %d from %s", step, self.directory)
+      return restored[STATE_ITEM], dict(restored[DATA_ITEM] or {}), step
+    return None
+
+  def _quarantine(self, step: int, error: Exception) -> None:
+    corrupt = self.directory.parent / (self.directory.name + ".corrupt")
+    logger.warning(
+      "Checkpoint of step %d in %s cannot be restored (%s: %s); moving it to %s and using "
+      "the previous one.",
+      step,
+      self.directory,
+      type(error).__name__,
+      str(error)[:500],
+      corrupt,
+    )
+    if jax.process_index() == 0:
+      corrupt.mkdir(parents=True, exist_ok=True)
+      dest = corrupt / str(step)
+      if dest.exists():
+        shutil.rmtree(dest)
+      (self.directory / str(step)).rename(dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"t5x_ext_quarantine_{step}")
+    self._manager.reload()
+
+
+# --------------------------------------------------------------------------------------
+# Parameters only (fine-tuning, continued pretraining from converted weights)
+# --------------------------------------------------------------------------------------
+
+
+def _complete_steps(root: epath.Path) -> list[int]:
+  """Steps of the complete checkpoints written by `Checkpointer` directly under `root`."""
+  if not root.is_dir():
+    return []
+  return [
+    int(child.name)
+    for child in root.iterdir()
+    if child.name.isdigit()
+    and (child / STATE_ITEM).is_dir()
+    and ocp.path.step.is_path_finalized(child)
+  ]
+
+
+def _resolve_params_source(path: epath.Path) -> tuple[epath.Path, bool]:
+  """Returns (directory to read, whether it is a train-state item holding 'params')."""
+  if (path / STATE_ITEM).is_dir():  # a step directory of ours
+    return path / STATE_ITEM, True
+  for root in (path, path / "checkpoints"):
+    steps = _complete_steps(root)
+    if steps:
+      return root / str(max(steps)) / STATE_ITEM, True
+  if (path / "_METADATA").exists() or (path / "manifest.ocdbt").exists():
+    return path, False  # a plain StandardCheckpointer tree (e.g. converted Transformers weights)
+  raise FileNotFoundError(
+    f"No checkpoint at {path}: expected a MODEL_DIR, a checkpoints directory, a step "
+    "directory, or a directory written by ocp.StandardCheckpointer (converted weights)."
+  )
+
+
+def _tree_shapes(metadata: Any) -> dict[str, tuple[int, ...]]:
+  flat = jax.tree_util.tree_flatten_with_path(metadata, is_leaf=lambda x: hasattr(x, "shape"))[0]
+  return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in flat if hasattr(v, "shape")}
+
+
+def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
+  """Restores only the parameters, into the target's shapes, dtypes and shardings.
+
+  `path` may be a MODEL_DIR, its `checkpoints/` directory (newest step), one step directory,
+  or a directory written by `ocp.StandardCheckpointer().save(OUT / 'params', params)` (the
+  converted Transformers weights; the tree may be the params or `{'params': params}`).
+  The optimizer state is not read; values are cast to the target dtypes (float32).
+
+  Args:
+    path: where to read.
+    abstract_params: unboxed params as `jax.ShapeDtypeStruct`s with shardings (or arrays).
+
+  Returns:
+    The params tree, placed with the target's shardings.
+
+  Raises:
+    FileNotFoundError: when `path` holds no checkpoint.
+    ValueError: when parameter names or shapes differ from the target (names them).
+  """
+  path = epath.Path(path)
+  source, in_state = _resolve_params_source(path)
+  target = _to_abstract(abstract_params)
+  checkpointer = ocp.PyTreeCheckpointer()
+  try:
+    metadata = checkpointer.metadata(source).item_metadata.tree
+    metadata = dict(metadata) if isinstance(metadata, Mapping) else metadata
+    wrapped = in_state or (isinstance(metadata, Mapping) and set(metadata) == {"params"})
+    if wrapped:
+      if not isinstance(metadata, Mapping) or "params" not in metadata:
+        raise ValueError(f"{source} holds no 'params' entry (top-level keys: {list(metadata)}).")
+      stored = _tree_shapes(metadata["params"])
+    else:
+      stored = _tree_shapes(metadata)
+    wanted = _tree_shapes(target)
+    missing = sorted(set(wanted) - set(stored))
+    extra = sorted(set(stored) - set(wanted))
+    if missing or extra:
+      raise ValueError(
+        f"Parameters in {source} do not match the model: missing {missing[:10]}"
+        f"{' ...' if len(missing) > 10 else ''}, unexpected {extra[:10]}{' ...' if len(extra) > 10 else ''}."
+      )
+    mismatched = {k: (stored[k], wanted[k]) for k in wanted if stored[k] != wanted[k]}
+    if mismatched:
+      raise ValueError(f"Parameter shapes in {source} (stored, model) differ: {mismatched}")
+    item = {"params": target} if wrapped else target
+    restored = checkpointer.restore(
+      source,
+      args=ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+      ),
+    )
+  finally:
+    checkpointer.close()
+  return restored["params"] if wrapped else restored
