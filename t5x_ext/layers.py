@@ -1,0 +1,495 @@
+"""Transformer blocks of the T5.1.1 / UL2 family (Flax linen).
+
+Shape key used in names: B batch, L length (Q query length, K key length), D d_model,
+H heads, E head_dim, F d_ff, V vocab, N relative-position buckets.
+
+Numerics follow T5 (Raffel et al., 2020) as Transformers' `T5ForConditionalGeneration`
+implements it, so imported weights give the same logits: RMSNorm without mean
+subtraction or bias, no 1/sqrt(head_dim) on attention logits (T5 folds it into the query
+initialisation), a relative position bias shared by all layers of a stack, and the
+tanh-approximated GELU for gated-GELU. Attention goes through
+`jax.nn.dot_product_attention`, which picks a fused kernel where the backend has one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5x_ext import axes
+
+Array = jax.Array
+
+# Activation names accepted in `TransformerConfig.activations`.
+ACTIVATIONS = {
+  "relu": jax.nn.relu,
+  # Transformers maps T5's "gated-gelu" to the tanh approximation ("gelu_new").
+  "gelu": functools.partial(jax.nn.gelu, approximate=True),
+  "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
+  "linear": lambda x: x,
+}
+
+# Modes of a decoder call: one full pass without a cache (training, scoring), a pass over
+# the prompt that also fills the cache, and one token per call reading the cache.
+FULL, PREFILL, STEP = "full", "prefill", "step"
+
+
+def _param(module: nn.Module, name: str, init, shape, names, dtype):
+  """Creates a parameter that carries its logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, dtype)
+
+
+def truncated_normal_init(stddev: float):
+  """Truncated normal (at two sigma) rescaled so that the samples have `stddev`."""
+  # 0.8796... is the standard deviation of a unit normal truncated to [-2, 2].
+  return jax.nn.initializers.truncated_normal(stddev / 0.87962566103423978)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm (no mean subtraction, no bias), computed in float32.
+
+  Attributes:
+    epsilon: added to the mean square.
+    dtype: output dtype.
+    param_dtype: dtype of the `scale` parameter (initialised to ones).
+  """
+
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Normalises over the last axis.
+
+    Args:
+      x: [..., D] activations.
+
+    Returns:
+      [..., D] normalised activations in `dtype`.
+    """
+    scale = _param(
+      self, "scale", nn.initializers.ones, (x.shape[-1],), (axes.EMBED,), self.param_dtype
+    )
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    return (x * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def relative_position_bucket(
+  relative_position: Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
+  """Maps key-minus-query offsets to T5's relative-position buckets.
+
+  Half of the buckets (per direction) hold exact offsets; the rest grow logarithmically up
+  to `max_distance`, beyond which all offsets share the last bucket. A bidirectional
+  bias gives positive offsets (keys after the query) their own half of the buckets; a
+  causal one only distinguishes how far back a key lies.
+
+  Args:
+    relative_position: int array of key position minus query position.
+    bidirectional: whether keys after the query get their own buckets.
+    num_buckets: total number of buckets.
+    max_distance: offsets at or beyond this share the last bucket.
+
+  Returns:
+    int32 array of bucket ids in [0, num_buckets), same shape as `relative_position`.
+  """
+  relative_position = relative_position.astype(jnp.int32)
+  bucket = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = bucket + (relative_position > 0).astype(jnp.int32) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = jnp.maximum(-relative_position, 0)
+  num_exact = num_buckets // 2
+  # Float32 throughout, as the reference implementation, so bucket edges agree exactly.
+  log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / np.float32(num_exact))
+  scale = np.float32(np.log(max_distance / num_exact))
+  large = num_exact + (log_ratio / scale * np.float32(num_buckets - num_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(distance < num_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+  """T5's learned per-head bias on attention logits, indexed by relative-position bucket.
+
+  Attributes:
+    num_heads: number of attention heads.
+    num_buckets: number of relative-position buckets.
+    max_distance: offset from which all offsets share the last bucket.
+    bidirectional: True in the encoder, False (causal) in the decoder.
+    dtype: output dtype.
+    param_dtype: parameter dtype.
+  """
+
+  num_heads: int
+  num_buckets: int
+  max_distance: int
+  bidirectional: bool
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    """Computes the bias for every query/key pair.
+
+    Args:
+      query_positions: int [Q] absolute positions of the queries.
+      key_positions: int [K] absolute positions of the keys.
+
+    Returns:
+      [1, H, Q, K] bias, broadcastable over the batch.
+    """
+    table_HN = _param(
+      self,
+      "rel_embedding",
+      nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+      (self.num_heads, self.num_buckets),
+      (axes.HEADS, axes.RELPOS),
+      self.param_dtype,
+    )
+    buckets_QK = relative_position_bucket(
+      key_positions[None, :] - query_positions[:, None],
+      bidirectional=self.bidirectional,
+      num_buckets=self.num_buckets,
+      max_distance=self.max_distance,
+    )
+    # A one-hot contraction instead of a gather keeps the backward pass a matmul, which
+    # partitions cleanly when the heads axis is sharded.
+    one_hot_QKN = jax.nn.one_hot(buckets_QK, self.num_buckets, dtype=self.dtype)
+    bias_HQK = jnp.einsum("hn,qkn->hqk", table_HN.astype(self.dtype), one_hot_QKN)
+    return bias_HQK[None]
+
+
+class Projection(nn.Module):
+  """A bias-free linear map with a multi-dimensional kernel (einsum over named axes).
+
+  Attributes:
+    kernel_shape: shape of the kernel.
+    kernel_axes: logical axis names of the kernel.
+    equation: einsum equation `input,kernel->output`.
+    stddev: standard deviation of the (truncated normal) initialisation.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  kernel_shape: Sequence[int]
+  kernel_axes: Sequence[str]
+  equation: str
+  stddev: float
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Applies the projection.
+
+    Args:
+      x: input activations.
+
+    Returns:
+      `einsum(equation, x, kernel)` in `dtype`.
+    """
+    kernel = _param(
+      self,
+      "kernel",
+      truncated_normal_init(self.stddev),
+      tuple(self.kernel_shape),
+      tuple(self.kernel_axes),
+      self.param_dtype,
+    )
+    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head dot-product attention with an optional key/value cache.
+
+  In `PREFILL` mode the projected keys and values are written into the 'cache' collection
+  (self-attention: at slots [0, Q) of a `cache_length` buffer; cross-attention: the
+  encoder's keys and values, computed once). In `STEP` mode a self-attention writes the
+  new token's key/value at `index` and attends over the whole buffer; a cross-attention
+  reuses the cached encoder keys/values, so a decoding step never re-projects the encoder.
+
+  Attributes:
+    num_heads: H.
+    head_dim: E.
+    emb_dim: D.
+    cross: whether keys/values come from another sequence (encoder-decoder attention).
+    mode: FULL, PREFILL or STEP.
+    cache_length: length of the self-attention cache (PREFILL only).
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  num_heads: int
+  head_dim: int
+  emb_dim: int
+  cross: bool = False
+  mode: str = FULL
+  cache_length: int = 0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _proj(self, name: str, stddev: float) -> Projection:
+    return Projection(
+      (self.emb_dim, self.num_heads, self.head_dim),
+      (axes.EMBED, axes.HEADS, axes.KV),
+      "bld,dhe->blhe",
+      stddev,
+      self.dtype,
+      self.param_dtype,
+      name=name,
+    )
+
+  @nn.compact
+  def __call__(
+    self,
+    x_BQD: Array,
+    kv_BKD: Array | None,
+    bias: Array | None,
+    mask: Array | None,
+    index: Array | None = None,
+  ) -> Array:
+    """Attends from `x_BQD` to `kv_BKD` (itself for self-attention).
+
+    Args:
+      x_BQD: query-side activations.
+      kv_BKD: key/value-side activations (None for self-attention, and for a
+        cross-attention step, which reads the cache).
+      bias: additive bias broadcastable to [B, H, Q, K] (relative positions), or None.
+      mask: bool, broadcastable to [B, H, Q, K]; False blocks attention.
+      index: int32 scalar, the cache slot of the token in STEP mode.
+
+    Returns:
+      [B, Q, D] attention output.
+    """
+    d, e = self.emb_dim, self.head_dim
+    # T5 leaves out the 1/sqrt(head_dim) on the logits and puts it into the query init.
+    q_BQHE = self._proj("query", (d * e) ** -0.5)(x_BQD)
+    q_BQHE = nn.with_logical_constraint(q_BQHE, axes.BLHK)
+    key_proj, value_proj = self._proj("key", d**-0.5), self._proj("value", d**-0.5)
+    if self.cross:
+      if self.mode == STEP:
+        k_BKHE = self.get_variable("cache", "cached_key")
+        v_BKHE = self.get_variable("cache", "cached_value")
+        if k_BKHE is None:
+          raise ValueError("cross-attention STEP needs a cache filled by a PREFILL call")
+      else:
+        k_BKHE, v_BKHE = key_proj(kv_BKD), value_proj(kv_BKD)
+        if self.mode == PREFILL:
+          self.put_variable("cache", "cached_key", k_BKHE)
+          self.put_variable("cache", "cached_value", v_BKHE)
+    else:
+      k_BKHE, v_BKHE = key_proj(x_BQD), value_proj(x_BQD)
+      if self.mode == PREFILL:
+        b, q = x_BQD.shape[:2]
+        if self.cache_length < q:
+          raise ValueError(f"cache_length={self.cache_length} is shorter than the prompt ({q})")
+        pad = ((0, 0), (0, self.cache_length - q), (0, 0), (0, 0))
+        self.put_variable("cache", "cached_key", jnp.pad(k_BKHE, pad))
+        self.put_variable("cache", "cached_value", jnp.pad(v_BKHE, pad))
+      elif self.mode == STEP:
+        cached_k = self.get_variable("cache", "cached_key")
+        cached_v = self.get_variable("cache", "cached_value")
+        if cached_k is None:
+          raise ValueError("self-attention STEP needs a cache filled by a PREFILL call")
+        start = (0, index, 0, 0)
+        k_BKHE = jax.lax.dynamic_update_slice(cached_k, k_BKHE.astype(cached_k.dtype), start)
+        v_BKHE = jax.lax.dynamic_update_slice(cached_v, v_BKHE.astype(cached_v.dtype), start)
+        self.put_variable("cache", "cached_key", k_BKHE)
+        self.put_variable("cache", "cached_value", v_BKHE)
+    if bias is not None:
+      bias = bias.astype(self.dtype)
+    if mask is not None:
+      mask = mask.astype(jnp.bool_)
+    out_BQHE = jax.nn.dot_product_attention(
+      q_BQHE, k_BKHE.astype(self.dtype), v_BKHE.astype(self.dtype), bias, mask, scale=1.0
+    )
+    out_BQD = Projection(
+      (self.num_heads, self.head_dim, self.emb_dim),
+      (axes.HEADS, axes.KV, axes.EMBED),
+      "blhe,hed->bld",
+      (self.num_heads * e) ** -0.5,
+      self.dtype,
+      self.param_dtype,
+      name="out",
+    )(out_BQHE)
+    return out_BQD
+
+
+class MlpBlock(nn.Module):
+  """T5 feed-forward block: `wo(act_0(wi_0 x) * act_1(wi_1 x) * ...)`, dropout before `wo`.
+
+  One activation gives a plain MLP with kernel `wi`; several give a gated MLP with
+  kernels `wi_0`, `wi_1`, ... (T5.1.1: ('gelu', 'linear'); UL2: ('silu', 'linear')).
+
+  Attributes:
+    mlp_dim: F.
+    activations: activation names (keys of ACTIVATIONS).
+    dropout_rate: dropout after the activation product.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  mlp_dim: int
+  activations: Sequence[str]
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD: Array, deterministic: bool) -> Array:
+    """Applies the block.
+
+    Args:
+      x_BLD: input activations.
+      deterministic: disables dropout.
+
+    Returns:
+      [B, L, D] output.
+    """
+    d = x_BLD.shape[-1]
+
+    def dense(name, shape, names, eq, stddev):
+      return Projection(shape, names, eq, stddev, self.dtype, self.param_dtype, name=name)
+
+    h_BLF = None
+    for i, act in enumerate(self.activations):
+      name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      y = dense(name, (d, self.mlp_dim), (axes.EMBED, axes.MLP), "bld,df->blf", d**-0.5)(x_BLD)
+      y = ACTIVATIONS[act](y)
+      h_BLF = y if h_BLF is None else h_BLF * y
+    h_BLF = nn.with_logical_constraint(h_BLF, axes.BLF)
+    h_BLF = nn.Dropout(self.dropout_rate)(h_BLF, deterministic=deterministic)
+    return dense(
+      "wo", (self.mlp_dim, d), (axes.MLP, axes.EMBED), "blf,fd->bld", self.mlp_dim**-0.5
+    )(h_BLF)
+
+
+class EncoderLayer(nn.Module):
+  """Pre-norm encoder layer: bidirectional self-attention, then the MLP, with residuals.
+
+  Attributes:
+    config: the network's `TransformerConfig`.
+    deterministic: disables dropout.
+  """
+
+  config: Any
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BLD: Array, bias: Array, mask: Array) -> tuple[Array, None]:
+    """Applies the layer (scan-compatible: returns a `(carry, None)` pair).
+
+    Args:
+      x_BLD: input activations.
+      bias: [1, H, L, L] relative position bias shared by all layers.
+      mask: bool [B, 1, L, L] attention mask.
+
+    Returns:
+      ([B, L, D] output, None).
+    """
+    cfg = self.config
+    norm = functools.partial(RMSNorm, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    x_BLD = nn.with_logical_constraint(x_BLD, axes.BLD)
+    h = norm(name="pre_attention_layer_norm")(x_BLD)
+    h = _attention(cfg, "attention")(h, None, bias, mask)
+    x_BLD = x_BLD + drop(h, deterministic=self.deterministic)
+    h = norm(name="pre_mlp_layer_norm")(x_BLD)
+    h = _mlp(cfg)(h, self.deterministic)
+    x_BLD = x_BLD + drop(h, deterministic=self.deterministic)
+    return nn.with_logical_constraint(x_BLD, axes.BLD), None
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm decoder layer: causal (or prefix-LM) self-attention, cross-attention to the
+  encoder (encoder-decoder networks only), then the MLP.
+
+  Attributes:
+    config: the network's `TransformerConfig`.
+    deterministic: disables dropout.
+    mode: FULL, PREFILL or STEP (see `MultiHeadAttention`).
+    cache_length: self-attention cache length (PREFILL only).
+  """
+
+  config: Any
+  deterministic: bool = True
+  mode: str = FULL
+  cache_length: int = 0
+
+  @nn.compact
+  def __call__(
+    self,
+    x_BLD: Array,
+    encoded_BKD: Array | None,
+    self_bias: Array,
+    self_mask: Array,
+    cross_mask: Array | None,
+    index: Array | None,
+  ) -> tuple[Array, None]:
+    """Applies the layer (scan-compatible: returns a `(carry, None)` pair).
+
+    Args:
+      x_BLD: input activations.
+      encoded_BKD: encoder output (None for decoder-only networks and in STEP mode).
+      self_bias: [1, H, L, K] relative position bias shared by all layers.
+      self_mask: bool, broadcastable to [B, 1, L, K].
+      cross_mask: bool, broadcastable to [B, 1, L, K_enc]; None for decoder-only.
+      index: int32 scalar cache slot in STEP mode.
+
+    Returns:
+      ([B, L, D] output, None).
+    """
+    cfg = self.config
+    norm = functools.partial(RMSNorm, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    drop = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    x_BLD = nn.with_logical_constraint(x_BLD, axes.BLD)
+    h = norm(name="pre_self_attention_layer_norm")(x_BLD)
+    attn = _attention(cfg, "self_attention", mode=self.mode, cache_length=self.cache_length)
+    h = attn(h, None, self_bias, self_mask, index)
+    x_BLD = x_BLD + drop(h, deterministic=self.deterministic)
+    if not cfg.decoder_only:
+      h = norm(name="pre_cross_attention_layer_norm")(x_BLD)
+      attn = _attention(cfg, "encoder_decoder_attention", mode=self.mode, cross=True)
+      h = attn(h, encoded_BKD, None, cross_mask)
+      x_BLD = x_BLD + drop(h, deterministic=self.deterministic)
+    h = norm(name="pre_mlp_layer_norm")(x_BLD)
+    h = _mlp(cfg)(h, self.deterministic)
+    x_BLD = x_BLD + drop(h, deterministic=self.deterministic)
+    return nn.with_logical_constraint(x_BLD, axes.BLD), None
+
+
+def _attention(cfg, name: str, *, mode: str = FULL, cross: bool = False, cache_length: int = 0):
+  return MultiHeadAttention(
+    num_heads=cfg.num_heads,
+    head_dim=cfg.head_dim,
+    emb_dim=cfg.emb_dim,
+    cross=cross,
+    mode=mode,
+    cache_length=cache_length,
+    dtype=cfg.compute_dtype,
+    param_dtype=cfg.params_dtype,
+    name=name,
+  )
+
+
+def _mlp(cfg) -> MlpBlock:
+  return MlpBlock(
+    mlp_dim=cfg.mlp_dim,
+    activations=tuple(cfg.activations),
+    dropout_rate=cfg.dropout_rate,
+    dtype=cfg.compute_dtype,
+    param_dtype=cfg.params_dtype,
+    name="mlp",
+  )
