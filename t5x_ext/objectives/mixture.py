@@ -1,0 +1,261 @@
+"""`mixture_of_denoisers`: the UL2 Mixture-of-Denoisers as one SeqIO preprocessor.
+
+The pipeline has two vectorized stages and no Python per example:
+
+1. Per document: draw a sequence of denoisers by rate and cut the document into
+   consecutive chunks whose lengths are the drawn denoisers' planned chunk lengths
+   (`planning.py`). Each chunk becomes one example, so example frequencies follow the
+   rates (the number of chunks is a stopping time, so Wald's identity keeps the expected
+   share of each denoiser equal to its rate).
+2. Per batch of chunks: build every example's noise mask at once on a padded [B, L]
+   tensor (`corruption.build_examples`), then unbatch.
+
+Randomness comes from `seqio.map_over_dataset(num_seeds=1)` seeds, folded with a
+fingerprint of the document, so a fixed seed reproduces the examples and different
+SeqIO shards (different documents) get different corruption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from t5x_ext.objectives import corruption
+from t5x_ext.objectives.denoisers import UL2_DENOISERS, Denoiser, normalized_rates
+from t5x_ext.objectives.planning import (
+  MIN_CHUNK_LENGTH,
+  DenoiserPlan,
+  check_denoisers,
+  plan_mixture,
+  usable_sentinels,
+)
+
+MODE_PREFIX_OPTIONS = ("text", "token")
+
+# Chunks denoised together in stage 2. Larger batches amortize TF op overhead; 64 is
+# past the knee on a 2-core machine and keeps memory small.
+DEFAULT_BATCH_SIZE = 64
+
+
+def mode_prefix_tokens(
+  denoisers: Sequence[Denoiser],
+  *,
+  vocabulary: seqio.Vocabulary | None,
+  mode_prefix: str = "text",
+  mode_token_ids: Mapping[str, int] | None = None,
+) -> list[list[int]]:
+  """Returns the token ids each denoiser puts at the start of `inputs`.
+
+  Args:
+    denoisers: the mixture.
+    vocabulary: encodes text prefixes (needed for `mode_prefix="text"` and a non-empty
+      mode).
+    mode_prefix: "text" (encode the mode string, e.g. "[NLU]", with `vocabulary`: what
+      released UL2 checkpoints expect) or "token" (one reserved id per mode).
+    mode_token_ids: for "token": {mode: id}, e.g. {"[NLU]": 32000, ...}.
+
+  Returns:
+    One list of ids per denoiser (empty for mode "").
+
+  Raises:
+    ValueError: unknown `mode_prefix`, a mode without a token id, or an id outside the
+      vocabulary.
+  """
+  if mode_prefix not in MODE_PREFIX_OPTIONS:
+    raise ValueError(f"mode_prefix must be one of {MODE_PREFIX_OPTIONS}, got {mode_prefix!r}.")
+  out = []
+  for d in denoisers:
+    if not d.mode:
+      out.append([])
+    elif mode_prefix == "token":
+      if not mode_token_ids or d.mode not in mode_token_ids:
+        raise ValueError(
+          f"Denoiser {d.name!r}: mode {d.mode!r} has no id in mode_token_ids="
+          f"{dict(mode_token_ids or {})}."
+        )
+      tok = int(mode_token_ids[d.mode])
+      if tok < 0 or (vocabulary is not None and tok >= vocabulary.vocab_size):
+        size = vocabulary.vocab_size if vocabulary is not None else "?"
+        raise ValueError(
+          f"Denoiser {d.name!r}: mode token id {tok} for {d.mode!r} is outside the "
+          f"vocabulary [0, {size})."
+        )
+      out.append([tok])
+    else:
+      if vocabulary is None:
+        raise ValueError(
+          f"Denoiser {d.name!r}: a text mode prefix {d.mode!r} needs a vocabulary to encode it."
+        )
+      out.append([int(t) for t in vocabulary.encode(d.mode)])
+  return out
+
+
+def validate_denoisers(
+  denoisers: Sequence[Denoiser],
+  *,
+  vocabulary: seqio.Vocabulary | None = None,
+  sequence_length: Mapping[str, int | None] | None = None,
+  mode_prefix: str = "text",
+  mode_token_ids: Mapping[str, int] | None = None,
+) -> list[DenoiserPlan] | None:
+  """Checks a mixture early (tasks call it at registration) and plans it if it can.
+
+  Args:
+    denoisers: the mixture.
+    vocabulary: the task's vocabulary; enables the extra-id and prefix checks.
+    sequence_length: feature lengths; enables length planning (then `vocabulary` is
+      required).
+    mode_prefix: "text" or "token" (see `mode_prefix_tokens`).
+    mode_token_ids: ids for "token" mode.
+
+  Returns:
+    The per-denoiser plans when `sequence_length` is given, else None.
+
+  Raises:
+    ValueError: naming the denoiser and the numbers: density outside (0, 1), span length
+      <= 0, unknown kind/mode/split, rates not summing to a positive number, no extra ids
+      for span corruption, lengths too short for a denoiser, more spans than sentinels.
+  """
+  check_denoisers(denoisers)
+  if mode_prefix not in MODE_PREFIX_OPTIONS:
+    raise ValueError(f"mode_prefix must be one of {MODE_PREFIX_OPTIONS}, got {mode_prefix!r}.")
+  if mode_prefix == "token" or vocabulary is not None:
+    prefixes = mode_prefix_tokens(
+      denoisers, vocabulary=vocabulary, mode_prefix=mode_prefix, mode_token_ids=mode_token_ids
+    )
+  if vocabulary is not None:
+    extra = int(vocabulary.extra_ids or 0)
+    sentinels = usable_sentinels(vocabulary.vocab_size, extra, [t for p in prefixes for t in p])
+    for d in denoisers:
+      if d.kind == "span" and sentinels < 1:
+        raise ValueError(
+          f"Denoiser {d.name!r}: span corruption needs sentinel ids but the vocabulary has "
+          f"{extra} extra ids ({sentinels} usable)."
+        )
+  if sequence_length is None:
+    return None
+  if vocabulary is None:
+    raise ValueError("validate_denoisers: planning lengths needs the vocabulary.")
+  return plan_mixture(
+    denoisers, sequence_length, prefix_lengths=[len(p) for p in prefixes], max_sentinels=sentinels
+  )
+
+
+def _doc_fingerprint(tokens: tf.Tensor) -> tf.Tensor:
+  """int64 fingerprint of a token sequence (mixes the document into the seed)."""
+  return tf.bitcast(tf.fingerprint(tokens[tf.newaxis]), tf.int64)[0]
+
+
+def mixture_of_denoisers(
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int | None],
+  output_features: Mapping[str, seqio.Feature],
+  denoisers: Sequence[Denoiser] = UL2_DENOISERS,
+  *,
+  mode_prefix: str = "text",
+  mode_token_ids: Mapping[str, int] | None = None,
+  seed: int | None = None,
+  batch_size: int = DEFAULT_BATCH_SIZE,
+) -> tf.data.Dataset:
+  """SeqIO preprocessor: tokenized documents in, Mixture-of-Denoisers examples out.
+
+  Follow it with `seqio.preprocessors.append_eos_after_trim`; every example then fits
+  `sequence_length` without truncation (lengths are planned per denoiser, see
+  `planning.py`).
+
+  Example (ids made up; "[NLU]" encodes to [11, 12]; `<extra_id_0>` = 8099):
+
+    {"targets": [5, 6, 7, 8, 9, 10, 13, 14]}
+    -> {"inputs": [11, 12, 5, 6, 8099, 9, 10, 13, 14], "targets": [8099, 7, 8],
+        "denoiser_id": 0}
+
+  Args:
+    dataset: examples with an int `targets` feature (a whole document, any length).
+      Other features are dropped.
+    sequence_length: {"inputs": LI, "targets": LT}; "inputs" may be absent when every
+      denoiser is a `causal_lm` without a mode (decoder-only LM).
+    output_features: the task's features; `inputs` (or `targets`) vocabulary encodes the
+      text mode prefix and gives the extra ids for sentinels.
+    denoisers: the mixture; `denoiser_id` indexes it.
+    mode_prefix: "text" (mode string encoded with the vocabulary) or "token" (one id per
+      mode from `mode_token_ids`).
+    mode_token_ids: {mode: id} for "token".
+    seed: if set, overrides SeqIO's seed for this preprocessor (`seqio.map_seed_manager`).
+      With SeqIO's `get_dataset(seed=...)`, leave it None.
+    batch_size: chunks denoised per vectorized step (performance only; results depend on
+      it only through which chunks share a random stream).
+
+  Returns:
+    A dataset of {"inputs": int32 [n], "targets": int32 [m], "denoiser_id": int32 []}
+    ("inputs" omitted when `output_features` has none).
+
+  Raises:
+    ValueError: see `validate_denoisers`.
+  """
+  denoisers = tuple(denoisers)
+  vocab_feature = "inputs" if "inputs" in output_features else "targets"
+  vocabulary = output_features[vocab_feature].vocabulary
+  plans = validate_denoisers(
+    denoisers,
+    vocabulary=vocabulary,
+    sequence_length=sequence_length,
+    mode_prefix=mode_prefix,
+    mode_token_ids=mode_token_ids,
+  )
+  prefixes = mode_prefix_tokens(
+    denoisers, vocabulary=vocabulary, mode_prefix=mode_prefix, mode_token_ids=mode_token_ids
+  )
+  spec = corruption.MixtureSpec.build(denoisers, plans, prefixes, vocabulary.vocab_size)
+  emit_inputs = "inputs" in output_features
+
+  rates = np.asarray(normalized_rates(denoisers), np.float64)
+  logits = np.where(rates > 0, np.log(np.maximum(rates, 1e-30)), -1e9).astype(np.float32)
+  chunk_lengths = np.asarray([p.chunk_length for p in plans], np.int32)
+  min_chunk = int(chunk_lengths[rates > 0].min())
+
+  def chunk_document(ex: Mapping[str, Any], seed: tf.Tensor) -> dict[str, Any]:
+    tokens = tf.cast(tf.reshape(ex["targets"], [-1]), tf.int32)
+    doc_len = tf.size(tokens)
+    fp = _doc_fingerprint(tokens)
+    seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), fp)
+    # Enough draws to cover the document even if every draw is the shortest chunk.
+    n_draws = doc_len // min_chunk + 1
+    ids = tf.cast(tf.random.stateless_categorical(logits[None], n_draws, seed)[0], tf.int32)
+    lengths = tf.gather(chunk_lengths, ids)
+    ends = tf.cumsum(lengths)
+    starts = ends - lengths
+    lengths = tf.minimum(ends, doc_len) - starts
+    # Chunks starting inside the document, minus a too-short tail; kept chunks are a
+    # prefix of the draws, so the tokens they cover are a prefix of the document.
+    keep = lengths >= MIN_CHUNK_LENGTH
+    lengths = tf.boolean_mask(lengths, keep)
+    ids = tf.boolean_mask(ids, keep)
+    values = tokens[: tf.reduce_sum(lengths)]
+    return {
+      "targets": tf.RaggedTensor.from_row_lengths(values, lengths, validate=False),
+      "denoiser_id": ids,
+      "salt": fp + tf.range(tf.size(ids, out_type=tf.int64), dtype=tf.int64),
+    }
+
+  def denoise_batch(ex: Mapping[str, Any], seed: tf.Tensor) -> dict[str, Any]:
+    seed = tf.random.experimental.stateless_fold_in(
+      tf.cast(seed, tf.int64), tf.reduce_sum(ex["salt"])
+    )
+    out = corruption.build_examples(ex["targets"], ex["denoiser_id"], spec, seed)
+    if not emit_inputs:
+      out.pop("inputs")
+    return out
+
+  scope = seqio.map_seed_manager(seed) if seed is not None else contextlib.nullcontext()
+  with scope:
+    chunker = seqio.map_over_dataset(chunk_document, num_seeds=1)
+    denoiser = seqio.map_over_dataset(denoise_batch, num_seeds=1)
+    ds = chunker(dataset).unbatch()
+    ds = ds.ragged_batch(batch_size)
+    ds = denoiser(ds).unbatch()
+  return ds
