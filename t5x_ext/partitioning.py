@@ -27,24 +27,32 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from t5x_ext import axes
+
 MESH_AXES = ("data", "fsdp", "model")
 # Mesh axes that split the batch. Their product is the data-parallel size.
 BATCH_MESH_AXES = ("data", "fsdp")
 
 # Logical axis name -> mesh axis (or axes, or None for replicated). Flax resolves a logical
-# name to the first rule whose mesh axes are still unused in that array, so an activation
-# [batch, length, embed] gets P(('data', 'fsdp'), None, None): `embed` falls back to
-# replicated because `fsdp` already splits the batch.
+# name to the first rule whose mesh axes are still unused in that array. Parameters shard
+# `embed` over fsdp (ZeRO-3) and mlp/heads/vocab over model (Megatron); activations keep
+# their own names (`axes.ACT_*`) so their d_model stays whole while the batch is split.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-  ("batch", BATCH_MESH_AXES),
-  ("length", None),
-  ("embed", "fsdp"),
-  ("mlp", "model"),
-  ("heads", "model"),
-  ("kv", None),
-  ("vocab", "model"),
-  ("relpos_buckets", None),
-  ("layers", None),
+  (axes.BATCH, BATCH_MESH_AXES),
+  (axes.LENGTH, None),
+  (axes.EMBED, "fsdp"),
+  (axes.MLP, "model"),
+  (axes.HEADS, "model"),
+  (axes.KV, None),
+  (axes.VOCAB, "model"),
+  (axes.RELPOS, None),
+  (axes.LAYERS, None),
+  (axes.ACT_EMBED, None),
+  (axes.ACT_MLP, "model"),
+  (axes.ACT_HEADS, "model"),
+  (axes.ACT_KV, None),
+  (axes.ACT_VOCAB, "model"),
+  (axes.CACHE_LENGTH, None),
 )
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -206,15 +214,19 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RUL
   )
 
   def check(path, leaf, sharding, names):
-    for dim, (size, axes) in enumerate(zip(leaf.shape, tuple(sharding.spec) + (None,) * leaf.ndim)):
-      if axes is None:
+    for dim, (size, mesh_axes) in enumerate(
+      zip(leaf.shape, tuple(sharding.spec) + (None,) * leaf.ndim)
+    ):
+      if mesh_axes is None:
         continue
-      split = math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+      split = math.prod(
+        mesh.shape[a] for a in (mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,))
+      )
       if size % split:
         raise ValueError(
           f"Parameter {_path_str(path)} with shape {tuple(leaf.shape)} and logical axes "
           f"{names} has dimension {dim} of size {size}, which does not divide over mesh axes "
-          f"{axes} ({split} devices, mesh {dict(mesh.shape)}). Change MESH_SHAPE or the rules."
+          f"{mesh_axes} ({split} devices, mesh {dict(mesh.shape)}). Change MESH_SHAPE or the rules."
         )
 
   jax.tree_util.tree_map_with_path(check, unboxed, shardings, logical)
