@@ -1,0 +1,38 @@
+"""SeqIO registry of t5x_ext: `import tasks` registers every task and mixture.
+
+Importing is cheap and offline: it imports seqio/TensorFlow and `t5x_ext.objectives` (no JAX),
+builds no vocabulary and touches no network or GCS; vocabularies and TFDS builders load when
+a task is first read. Registering again replaces the tasks with identical ones, so importing
+twice (or reloading) is harmless.
+
+Registered here:
+  pydocs_{ul2_mod,ul2r_mod,span_corruption,prefix_lm,causal_lm}_v1   embedded corpus
+  c4_{ul2_mod,ul2r_mod,span_corruption,prefix_lm,causal_lm}_v1       TFDS c4/en (`tasks.c4`)
+Factories: `register_text_files` (your own files), `tasks.c4.register` (other version/vocab).
+"""
+
+from tasks import c4, pydocs
+from tasks.corpus import cache_dir, corpus_fingerprint
+from tasks.pretraining import OBJECTIVES, task_denoisers
+from tasks.text_files import register_text_files
+from tasks.vocab import default_vocabulary, default_vocabulary_path
+
+
+def register_all() -> None:
+  """Registers (again) every task of this package; `import tasks` calls it once."""
+  pydocs.register()
+  c4.register()
+
+
+register_all()
+
+__all__ = [
+  "OBJECTIVES",
+  "cache_dir",
+  "corpus_fingerprint",
+  "default_vocabulary",
+  "default_vocabulary_path",
+  "register_all",
+  "register_text_files",
+  "task_denoisers",
+]

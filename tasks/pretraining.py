@@ -1,0 +1,182 @@
+"""Registering the pretraining objectives (UL2 MoD, UL2R, T5 span corruption, prefix LM,
+causal LM) over any text source.
+
+Every source registers the same five tasks, `<prefix>_<objective>_v1`, whose preprocessors are:
+
+  rekey(text -> targets) -> tokenize -> mixture_of_denoisers(denoisers) -> append_eos_after_trim
+
+Before/after (UL2 MoD, tiny): {"text": "a b c d"} -> {"inputs": [[NLU] a <extra_id_0> d EOS],
+"targets": [<extra_id_0> b c EOS], "denoiser_id": 0}.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import seqio
+
+from t5x_ext import objectives
+
+VERSION = "v1"
+
+# Objective name -> denoisers; the name is part of the task name.
+OBJECTIVES: dict[str, tuple] = {
+  "ul2_mod": objectives.UL2_DENOISERS,
+  "ul2r_mod": objectives.UL2R_DENOISERS,
+  "span_corruption": objectives.T5_SPAN_CORRUPTION,
+  "prefix_lm": objectives.PREFIX_LM,
+  "causal_lm": objectives.CAUSAL_LM,
+}
+
+
+def register_task(name: str, **kwargs) -> seqio.Task:
+  """Registers a SeqIO task, replacing one of the same name (so registering is idempotent).
+
+  Args:
+    name: task name.
+    **kwargs: `seqio.Task` arguments.
+
+  Returns:
+    The registered task.
+  """
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(name, **kwargs)
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  """The `inputs`/`targets` features every task here uses (both get EOS).
+
+  Args:
+    vocabulary: the task's vocabulary.
+
+  Returns:
+    A dict of `seqio.Feature`s.
+  """
+  return {
+    "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+    "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
+  }
+
+
+def denoising_preprocessors(
+  denoisers: Sequence, text_key: str = "text", mode_prefix: str = "text"
+) -> list:
+  """The preprocessor chain that turns raw documents into MoD examples.
+
+  Args:
+    denoisers: the mixture (`t5x_ext.objectives.Denoiser`s).
+    text_key: the source feature holding the document text.
+    mode_prefix: "text" (mode prefix encoded as text, what released UL2 checkpoints saw) or
+      "token" (one reserved token per mode).
+
+  Returns:
+    A list of SeqIO preprocessors.
+  """
+  return [
+    functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
+    seqio.preprocessors.tokenize,
+    functools.partial(
+      objectives.mixture_of_denoisers, denoisers=tuple(denoisers), mode_prefix=mode_prefix
+    ),
+    seqio.preprocessors.append_eos_after_trim,
+  ]
+
+
+def validate(
+  denoisers: Sequence,
+  name: str,
+  *,
+  mode_prefix: str = "text",
+  vocabulary: seqio.Vocabulary | None = None,
+  sequence_length: Mapping[str, int] | None = None,
+) -> None:
+  """Checks a denoiser configuration at registration, naming the task on failure.
+
+  Without `sequence_length` only the settings are checked (densities, span lengths, rates,
+  modes): registering must not load a vocabulary. With it (and the vocabulary) the lengths are
+  planned too, so lengths too short for a denoiser or needing more sentinels than extra ids
+  fail here rather than when the data is first read.
+
+  Args:
+    denoisers: the mixture.
+    name: task name, for the error message.
+    mode_prefix: "text" or "token".
+    vocabulary: the task's vocabulary (needed with `sequence_length`).
+    sequence_length: feature lengths to plan for, optional.
+
+  Raises:
+    ValueError: if the objectives package rejects the configuration.
+  """
+  try:
+    objectives.validate_denoisers(
+      tuple(denoisers),
+      vocabulary=vocabulary if sequence_length is not None else None,
+      sequence_length=sequence_length,
+      mode_prefix=mode_prefix,
+    )
+  except ValueError as e:
+    raise ValueError(f"task {name!r}: {e}") from e
+
+
+def register_objectives(
+  name_prefix: str,
+  source: seqio.DataSource,
+  vocabulary: seqio.Vocabulary,
+  *,
+  text_key: str = "text",
+  objectives_map: Mapping[str, Sequence] | None = None,
+  mode_prefix: str = "text",
+  version: str = VERSION,
+  check_lengths: Mapping[str, int] | None = None,
+) -> list[str]:
+  """Registers `<name_prefix>_<objective>_<version>` for each objective over `source`.
+
+  Args:
+    name_prefix: e.g. "pydocs" or "c4".
+    source: a SeqIO data source yielding `text_key` strings.
+    vocabulary: the vocabulary of `inputs` and `targets`.
+    text_key: the source's text feature.
+    objectives_map: objective name -> denoisers; default `OBJECTIVES` (all five).
+    mode_prefix: "text" or "token" (see `denoising_preprocessors`).
+    version: version suffix of the names.
+    check_lengths: if given, plan each objective for these feature lengths now (loads the
+      vocabulary) so bad lengths fail at registration.
+
+  Returns:
+    The registered task names.
+
+  Raises:
+    ValueError: a denoiser configuration is invalid (named with the task).
+  """
+  names = []
+  for objective, denoisers in (objectives_map or OBJECTIVES).items():
+    name = f"{name_prefix}_{objective}_{version}"
+    validate(
+      denoisers, name, mode_prefix=mode_prefix, vocabulary=vocabulary, sequence_length=check_lengths
+    )
+    register_task(
+      name,
+      source=source,
+      preprocessors=denoising_preprocessors(denoisers, text_key, mode_prefix),
+      output_features=output_features(vocabulary),
+      metric_fns=[],
+    )
+    names.append(name)
+  return names
+
+
+def task_denoisers(task: seqio.Task) -> tuple | None:
+  """The denoisers a task registered here applies (None for other tasks).
+
+  Args:
+    task: a SeqIO task.
+
+  Returns:
+    The tuple of `Denoiser`s given to `mixture_of_denoisers`, or None.
+  """
+  for p in task.preprocessors:
+    if isinstance(p, functools.partial) and p.func is objectives.mixture_of_denoisers:
+      return p.keywords.get("denoisers")
+  return None
