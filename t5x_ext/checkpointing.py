@@ -16,7 +16,8 @@ Typical loop (see `t5x_ext.trainer`):
     ...
     for step in range(start, total):
       state = train_step(state, batch)
-      ckpt.maybe_save(step + 1, state, {"batches": step + 1})
+      if ckpt.should_save(step + 1):                     # interval, or SIGTERM received
+        ckpt.save(step + 1, state, {"batches": step + 1})
       if ckpt.stop_requested:                            # SIGTERM: saved already; leave the loop
         break
     ckpt.close()                                         # waits for the async save
@@ -171,33 +172,46 @@ class Checkpointer:
 
   # ----------------------------------------------------------------------------- saving
 
-  def maybe_save(
-    self, step: int, state: Any, data_state: Mapping[str, Any] | None = None, *, force: bool = False
-  ) -> bool:
-    """Saves when `step` is on the interval, `force` is set, or a stop (SIGTERM) was requested.
+  def should_save(self, step: int) -> bool:
+    """Whether to save at `step`: on the interval, or because a stop (SIGTERM) was requested.
 
-    On a stop request the save is forced and waited for, and `stop_requested` becomes True:
-    the caller should leave its loop and exit.
+    With several processes this is a collective (see `stop_check`): call it at every step on
+    every process.
 
     Args:
       step: the step the state has reached (number of updates applied).
-      state: train state pytree (arrays, possibly sharded).
-      data_state: JSON-able dict, e.g. the data iterator position (same on every process).
-      force: save regardless of the interval.
 
     Returns:
-      Whether a save was started.
+      True when `save` should be called now.
+    """
+    # The interval is ours, not Orbax's should_save (which also saves the first step seen).
+    return self.stop_check(step) or step % self.save_interval_steps == 0
+
+  def save(
+    self, step: int, state: Any, data_state: Mapping[str, Any] | None = None, *, force: bool = False
+  ) -> bool:
+    """Writes a checkpoint of `state` at `step` (asynchronously unless a stop was requested).
+
+    After a stop request (SIGTERM) it waits until the checkpoint is committed and sets
+    `stop_requested`: the caller should leave its loop, `close()` and exit.
+
+    Args:
+      step: the step the state has reached (number of updates applied).
+      state: train state pytree (arrays, possibly sharded). Must not be donated to a step
+        before this returns (Orbax copies it to the host first).
+      data_state: JSON-able dict, e.g. the data iterator position (same on every process).
+      force: accepted for symmetry with Orbax; `save` always writes (call `should_save`
+        first to follow the interval).
+
+    Returns:
+      Whether a save was started (False if this step is already saved).
 
     Raises:
       NonFiniteStateError: if the state holds NaN/Inf (nothing is written).
     """
-    stop = self.stop_check(step)
-    force = force or stop
-    # The interval is ours, not Orbax's should_save (which also saves the first step seen).
-    if not force and step % self.save_interval_steps:
-      return False
+    del force
     if step in self._manager.all_steps():
-      saved = False  # e.g. forced at a step that the interval already saved
+      saved = False  # e.g. the last step, already saved on the interval
     else:
       if not check_finite(state):
         raise NonFiniteStateError(
@@ -210,11 +224,26 @@ class Checkpointer:
         }
       )
       saved = self._manager.save(step, args=args, force=True)
-    if stop:
+    if self._stop.is_set():
       self._manager.wait_until_finished()
       self.stop_requested = True
       logger.warning("Stop requested (SIGTERM): checkpoint of step %d written; stopping.", step)
     return saved
+
+  def maybe_save(self, step: int, state: Any, data_state: Mapping[str, Any] | None = None) -> bool:
+    """`save` if `should_save(step)`.
+
+    Args:
+      step: the step the state has reached.
+      state: train state pytree.
+      data_state: JSON-able dict (data position).
+
+    Returns:
+      Whether a save was started.
+    """
+    if not self.should_save(step):
+      return False
+    return self.save(step, state, data_state)
 
   def wait(self) -> None:
     """Blocks until any async save has been committed."""
@@ -269,7 +298,10 @@ class Checkpointer:
       return local
     from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+    agreed = bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+    if agreed:
+      self._stop.set()  # so that every process's `save` waits and sets `stop_requested`
+    return agreed
 
   # ----------------------------------------------------------------------------- restoring
 
