@@ -134,6 +134,7 @@ def train_loop(
   peak_flops: float | None = None,
   denoiser_groups: Mapping[str, Sequence[int]] | None = None,
   on_log: Callable[[int, dict[str, float]], None] | None = None,
+  position_fn: Callable[[Any], Any] | None = None,
 ) -> TrainState:
   """Runs train steps from `state.step` up to `train_steps`.
 
@@ -144,14 +145,17 @@ def train_loop(
     train_steps: the step to stop at (total, not additional).
     log_every: log every this many steps (and at the last step).
     writer: receives `write_scalars(step, scalars)` at logging steps (process 0 only).
-    checkpointer: an object with `should_save(step) -> bool` and
-      `save(step, state, data_position, force=False)`; `None` saves nothing.
+    checkpointer: a `checkpointing.Checkpointer` (or alike): `should_save(step)` is asked
+      every step (on the interval, or after SIGTERM; a collective across processes),
+      `save(step, state, data_position, force=...)` writes, and `stop_requested` ends the
+      loop after a SIGTERM save. `None` saves nothing.
     progress: a progress bar.
     tokens_per_step: batch positions per step, for tokens/s and MFU.
     flops_per_token: training FLOPs per batch position.
     peak_flops: peak FLOP/s of all devices, for MFU.
     denoiser_groups: pooled per-denoiser losses (e.g. per mode prefix).
     on_log: called with `(step, scalars)` at each logging step (tests, notebooks).
+    position_fn: maps the data position before it is saved (e.g. drops per-process keys).
 
   Returns:
     The final state.
@@ -162,9 +166,18 @@ def train_loop(
   step = int(jax.device_get(state.step))
   acc = metrics_lib.MetricAccumulator()
   pending: list[dict] = []
-  first_pending = step + 1
   position = None
   wait_at_reset = getattr(batches, "wait_seconds", 0.0)
+
+  def fetch_and_check() -> None:
+    # One device->host transfer for all steps since the last check; a non-finite loss at
+    # any of them stops training before the caller can save.
+    host = jax.device_get(pending)
+    _check_finite(host, step - len(host) + 1)
+    for m in host:
+      acc.add(m)
+    pending.clear()
+
   while step < train_steps:
     try:
       batch, position = next(batches)
@@ -178,16 +191,9 @@ def train_loop(
     pending.append(step_metrics)
     is_last = step == train_steps
     should_log = step % log_every == 0 or is_last
-    should_save = checkpointer is not None and (is_last or checkpointer.should_save(step))
-    if progress is not None and not should_log:
-      progress.update(step)
-    if not (should_log or should_save):
-      continue
-    host = jax.device_get(pending)
-    _check_finite(host, first_pending)
-    for m in host:
-      acc.add(m)
-    pending, first_pending = [], step + 1
+    save_due = checkpointer is not None and (is_last or checkpointer.should_save(step))
+    if should_log or save_due:
+      fetch_and_check()
     if should_log:
       scalars = metrics_lib.summarize(
         acc,
@@ -202,14 +208,18 @@ def train_loop(
       if writer is not None:
         writer.write_scalars(step, scalars)
         writer.flush()
-      if progress is not None:
-        progress.update(step, scalars)
       if on_log is not None:
         on_log(step, scalars)
       acc.reset()
       wait_at_reset = getattr(batches, "wait_seconds", 0.0)
-    if should_save:
-      checkpointer.save(step, state, position, force=is_last)
-  if pending:  # the data ended early: still refuse to return non-finite state silently
-    _check_finite(jax.device_get(pending), first_pending)
+    if progress is not None:
+      progress.update(step, scalars if should_log else None)
+    if save_due:
+      saved_position = position_fn(position) if position_fn else position
+      checkpointer.save(step, state, saved_position, force=is_last)
+      if checkpointer.stop_requested:
+        logging.warning("Stopping at step %d after the preemption checkpoint.", step)
+        break
+  if pending:  # stopped early: still refuse to hand back a diverged state silently
+    fetch_and_check()
   return state

@@ -76,6 +76,8 @@ def test_microbatches_give_the_full_batch_update():
 
 
 class _RecordingCheckpointer:
+  stop_requested = False
+
   def __init__(self, every):
     self.every, self.saved = every, []
 
