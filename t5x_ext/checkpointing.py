@@ -308,17 +308,24 @@ class Checkpointer:
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict[str, Any], int] | None:
     """Restores the newest complete checkpoint that can be read, into the target's shardings.
 
-    A listed checkpoint that fails to restore is moved to `checkpoints.corrupt/` with a
-    warning and the previous one is tried.
+    If the newest listed checkpoint fails to restore but an older one restores into the same
+    target, the newer ones are corrupt (e.g. files lost after the commit): they are moved to
+    `checkpoints.corrupt/` with a warning, so that later saves of those steps can happen.
+    If none restores, nothing is moved and the newest one's error is raised: the target, not
+    the files, is then the likely culprit (e.g. a changed model config).
 
     Args:
       abstract_state: the state's structure as `jax.ShapeDtypeStruct`s with `.sharding`
         (e.g. `partitioning.with_shardings(jax.eval_shape(...), shardings)`), or real arrays.
 
     Returns:
-      `(state, data_state, step)`, or None when there is no usable checkpoint.
+      `(state, data_state, step)`, or None when there is no checkpoint.
+
+    Raises:
+      RuntimeError: when checkpoints exist but none restores into `abstract_state`.
     """
     target = _to_abstract(abstract_state)
+    failed: list[tuple[int, Exception]] = []
     for step in reversed(self.all_steps()):
       try:
         restored = self._manager.restore(
@@ -327,22 +334,34 @@ class Checkpointer:
             **{STATE_ITEM: ocp.args.StandardRestore(target), DATA_ITEM: ocp.args.JsonRestore()}
           ),
         )
-      except Exception as e:  # noqa: BLE001 - any read failure means "unusable", try older
-        self._quarantine(step, e)
+      except Exception as e:  # noqa: BLE001 - any read failure: try the previous one
+        logger.warning(
+          "Checkpoint of step %d in %s cannot be restored (%s: %s); trying the previous one.",
+          step,
+          self.directory,
+          type(e).__name__,
+          str(e)[:500],
+        )
+        failed.append((step, e))
         continue
+      for bad_step, error in failed:
+        self._quarantine(bad_step, error)
       logger.info("Restored checkpoint of step %d from %s", step, self.directory)
       return restored[STATE_ITEM], dict(restored[DATA_ITEM] or {}), step
+    if failed:
+      step, error = failed[0]
+      raise RuntimeError(
+        f"No checkpoint in {self.directory} restores into the given state (newest: step "
+        f"{step}); does the model/optimizer config match the run's? Error: {error}"
+      ) from error
     return None
 
   def _quarantine(self, step: int, error: Exception) -> None:
     corrupt = self.directory.parent / (self.directory.name + ".corrupt")
     logger.warning(
-      "Checkpoint of step %d in %s cannot be restored (%s: %s); moving it to %s and using "
-      "the previous one.",
+      "Skipping corrupt checkpoint of step %d (%s); moved to %s, resuming from an older one.",
       step,
-      self.directory,
       type(error).__name__,
-      str(error)[:500],
       corrupt,
     )
     if jax.process_index() == 0:
