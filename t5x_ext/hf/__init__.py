@@ -1,0 +1,26 @@
+"""Transformers T5 weight import: `load_hf_t5(directory) -> (model, params)`.
+
+Reads directories written by Transformers' `T5ForConditionalGeneration.save_pretrained`
+(config.json + safetensors, single or sharded; T5 1.0, T5.1.1 and UL2 layouts) with numpy
+only: torch and Transformers are not needed. `python -m t5x_ext.hf.convert` turns such a
+directory into this project's checkpoint layout (see docs/internals.md, "Converted
+checkpoints"). Nothing is downloaded: users bring their own weights.
+"""
+
+from t5x_ext.hf.flax_params import config_to_spec, spec_to_config, to_flax_params
+from t5x_ext.hf.hf_config import HFT5Spec, parse_hf_config, read_hf_config
+from t5x_ext.hf.loader import ImportedT5Model, load_hf_params, load_hf_t5
+from t5x_ext.hf.safetensors_io import read_state_dict
+
+__all__ = [
+  "HFT5Spec",
+  "ImportedT5Model",
+  "config_to_spec",
+  "load_hf_params",
+  "load_hf_t5",
+  "parse_hf_config",
+  "read_hf_config",
+  "read_state_dict",
+  "spec_to_config",
+  "to_flax_params",
+]
