@@ -130,7 +130,7 @@ def train_loop(
   checkpointer: Any | None = None,
   progress: metrics_lib.Progress | None = None,
   tokens_per_step: int | None = None,
-  flops_per_token: float | None = None,
+  flops_per_step: float | None = None,
   peak_flops: float | None = None,
   denoiser_groups: Mapping[str, Sequence[int]] | None = None,
   on_log: Callable[[int, dict[str, float]], None] | None = None,
@@ -151,7 +151,7 @@ def train_loop(
       loop after a SIGTERM save. `None` saves nothing.
     progress: a progress bar.
     tokens_per_step: batch positions per step, for tokens/s and MFU.
-    flops_per_token: training FLOPs per batch position.
+    flops_per_step: training FLOPs of one step (model estimate), for MFU.
     peak_flops: peak FLOP/s of all devices, for MFU.
     denoiser_groups: pooled per-denoiser losses (e.g. per mode prefix).
     on_log: called with `(step, scalars)` at each logging step (tests, notebooks).
@@ -200,7 +200,7 @@ def train_loop(
         denoiser_names=trainer.denoiser_names,
         denoiser_groups=denoiser_groups,
         tokens_per_step=tokens_per_step,
-        flops_per_token=flops_per_token,
+        flops_per_step=flops_per_step,
         peak_flops=peak_flops,
       )
       waited = getattr(batches, "wait_seconds", 0.0) - wait_at_reset

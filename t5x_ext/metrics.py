@@ -112,7 +112,7 @@ def summarize(
   denoiser_names: Sequence[str] = (),
   denoiser_groups: Mapping[str, Sequence[int]] | None = None,
   tokens_per_step: int | None = None,
-  flops_per_token: float | None = None,
+  flops_per_step: float | None = None,
   peak_flops: float | None = None,
   seconds: float | None = None,
 ) -> dict[str, float]:
@@ -123,7 +123,7 @@ def summarize(
     denoiser_names: name of denoiser k (the data side's `decoder_denoiser_ids` hold k + 1).
     denoiser_groups: extra pooled losses, e.g. {"[NLU]": [0, 1]} for the mode prefixes.
     tokens_per_step: batch positions per step (B x (LI + LT)), for `tokens_per_s`.
-    flops_per_token: training FLOPs per batch position (the model's estimate).
+    flops_per_step: training FLOPs of one step (the model's estimate).
     peak_flops: peak FLOP/s of all devices together, for `mfu`.
     seconds: wall time of the interval; defaults to the accumulator's clock.
 
@@ -164,10 +164,10 @@ def summarize(
       out["target_tokens_per_s"] = n / seconds
     if tokens_per_step:
       out["tokens_per_s"] = tokens_per_step * acc.steps / seconds
-      if flops_per_token:
-        out["model_flops_per_s"] = out["tokens_per_s"] * flops_per_token
-        if peak_flops:
-          out["mfu"] = out["model_flops_per_s"] / peak_flops
+    if flops_per_step:
+      out["model_flops_per_s"] = flops_per_step * acc.steps / seconds
+      if peak_flops:
+        out["mfu"] = out["model_flops_per_s"] / peak_flops
   return out
 
 

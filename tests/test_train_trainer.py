@@ -188,10 +188,10 @@ def test_summarize_mfu_and_peak_table():
   acc = metrics_lib.MetricAccumulator()
   acc.add({"loss": 2.0, "num_tokens": 10.0, "loss_sum": 20.0, "correct": 5.0})
   out = metrics_lib.summarize(
-    acc, tokens_per_step=100, flops_per_token=1e6, peak_flops=1e9, seconds=2.0
+    acc, tokens_per_step=100, flops_per_step=1e8, peak_flops=1e9, seconds=2.0
   )
   assert out["tokens_per_s"] == 50.0
-  assert out["mfu"] == pytest.approx(50.0 * 1e6 / 1e9)
+  assert out["mfu"] == pytest.approx(0.5 * 1e8 / 1e9)
   assert out["accuracy"] == 0.5
   assert metrics_lib.peak_flops_per_device("TPU v4") == 275e12
   assert metrics_lib.peak_flops_per_device("cpu") is None
