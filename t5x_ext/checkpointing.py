@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +83,40 @@ def _all_finite(leaves):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _to_abstract(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings where known) for arrays or abstract leaves."""
+def _replicated_everywhere() -> NamedSharding:
+  return NamedSharding(Mesh(np.asarray(jax.devices()), ("all",)), P())
+
+
+def _local_only(sharding) -> bool:
+  return sharding is None or isinstance(sharding, jax.sharding.SingleDeviceSharding)
+
+
+def _globalize(tree: Any) -> Any:
+  """With several processes, makes host-local leaves (e.g. a step counter made with
+  `jnp.int32(0)`) global replicated arrays, which Orbax can write; they must hold the same
+  value on every process. A no-op with one process."""
+  if jax.process_count() == 1:
+    return tree
+  replicated = _replicated_everywhere()
 
   def one(x):
-    if isinstance(x, jax.ShapeDtypeStruct):
+    if isinstance(x, jax.Array) and not _local_only(x.sharding):
       return x
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+    return jax.make_array_from_callback(np.shape(x), replicated, lambda _: np.asarray(x))
+
+  return jax.tree.map(one, tree)
+
+
+def _to_abstract(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings where known) for arrays or abstract leaves. With several
+  processes, leaves without a global sharding are restored replicated on all devices."""
+  replicated = _replicated_everywhere() if jax.process_count() > 1 else None
+
+  def one(x):
+    sharding = getattr(x, "sharding", None)
+    if replicated is not None and _local_only(sharding):
+      sharding = replicated
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
   return jax.tree.map(one, tree)
 
@@ -219,7 +248,7 @@ class Checkpointer:
         )
       args = ocp.args.Composite(
         **{
-          STATE_ITEM: ocp.args.StandardSave(state),
+          STATE_ITEM: ocp.args.StandardSave(_globalize(state)),
           DATA_ITEM: ocp.args.JsonSave(dict(data_state or {})),
         }
       )
