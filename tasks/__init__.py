@@ -8,10 +8,12 @@ twice (or reloading) is harmless.
 Registered here:
   pydocs_{ul2_mod,ul2r_mod,span_corruption,prefix_lm,causal_lm}_v1   embedded corpus
   c4_{ul2_mod,ul2r_mod,span_corruption,prefix_lm,causal_lm}_v1       TFDS c4/en (`tasks.c4`)
+  glue_sst2_nlu_v1, cnn_dailymail_s2s_v1, pydocs_topic_classification_v1   fine-tuning with
+    mode prefixes (`tasks.finetune`; `register_sst2(mode=...)` etc. for other modes)
 Factories: `register_text_files` (your own files), `tasks.c4.register` (other version/vocab).
 """
 
-from tasks import c4, pydocs
+from tasks import c4, finetune, pydocs
 from tasks.corpus import cache_dir, corpus_fingerprint
 from tasks.pretraining import OBJECTIVES, task_denoisers
 from tasks.text_files import register_text_files
@@ -22,6 +24,7 @@ def register_all() -> None:
   """Registers (again) every task of this package; `import tasks` calls it once."""
   pydocs.register()
   c4.register()
+  finetune.register()
 
 
 register_all()

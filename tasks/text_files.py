@@ -21,21 +21,25 @@ from tasks import pretraining, vocab
 FORMATS = ("text", "jsonl")
 
 
-def _json_field(text_key: str):
+def _lines_to_documents(format: str, text_key: str):
+  """Preprocessor: raw lines (strings) -> {"text": document}, dropping blank lines."""
+
   def parse(line):
     obj = json.loads(line.numpy().decode("utf-8"))
     if text_key not in obj:
       raise ValueError(f"JSONL line has no field text_key={text_key!r}: keys {sorted(obj)}")
     return str(obj[text_key])
 
-  def fn(dataset, output_features=None):
-    del output_features
-
-    def one(ex):
-      text = tf.py_function(parse, [ex["text"]], tf.string)
+  def one(line):
+    if format == "jsonl":
+      text = tf.py_function(parse, [line], tf.string)
       text.set_shape([])
-      return {"text": text}
+    else:
+      text = line
+    return {"text": text}
 
+  def fn(dataset):
+    dataset = dataset.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
     return dataset.map(one, num_parallel_calls=tf.data.AUTOTUNE)
 
   return fn
@@ -88,15 +92,14 @@ def register_text_files(
   names = pretraining.register_objectives(
     name_prefix, source, vocabulary, objectives_map=objectives, mode_prefix=mode_prefix
   )
-  if format == "jsonl":
-    # Parse JSON before the shared chain (which starts by reading `text`).
-    for name in names:
-      task = seqio.get_mixture_or_task(name)
-      pretraining.register_task(
-        name,
-        source=source,
-        preprocessors=[_json_field(text_key), *task.preprocessors],
-        output_features=task.output_features,
-        metric_fns=[],
-      )
+  # TextLineDataSource yields bare strings: turn them into documents before the shared chain.
+  for name in names:
+    task = seqio.get_mixture_or_task(name)
+    pretraining.register_task(
+      name,
+      source=source,
+      preprocessors=[_lines_to_documents(format, text_key), *task.preprocessors],
+      output_features=task.output_features,
+      metric_fns=[],
+    )
   return names

@@ -8,6 +8,7 @@ fingerprint in its name, so each Python version's corpus gets its own vocabulary
 
 from __future__ import annotations
 
+import fcntl
 import io
 import pathlib
 import threading
@@ -36,8 +37,9 @@ def _training_sentences() -> list[str]:
 def default_vocabulary_path() -> str:
   """Path of the SentencePiece model for the embedded corpus, training it if not cached.
 
-  Safe when several processes call it at once: each trains into memory and renames its file
-  into place atomically, so readers see a whole model or none.
+  Safe when several processes call it at once: a lock file lets one of them train while the
+  others wait, and the model is written to a temporary file and renamed into place, so readers
+  see a whole model or none.
 
   Returns:
     Path to a `.model` file.
@@ -45,7 +47,13 @@ def default_vocabulary_path() -> str:
   path = corpus.cache_dir() / f"pydocs-spm{VOCAB_PIECES}-{corpus.corpus_fingerprint()}.model"
   if path.exists():
     return str(path)
-  with _lock:
+  with _lock, open(path.with_suffix(".lock"), "a") as lock:
+    # One process trains while the others wait for it (where the filesystem supports locks);
+    # the atomic rename keeps readers safe either way.
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError:
+      pass
     if not path.exists():
       _train(path)
   return str(path)
