@@ -16,27 +16,7 @@ pytest.importorskip("transformers")
 
 from t5x_ext import hf  # noqa: E402
 from t5x_ext.hf import torch_reference  # noqa: E402
-
-VOCAB = 96
-# Tiny, with 8 buckets / max distance 20 so that the 40-token inputs reach the
-# logarithmic and the clamped buckets of the relative position bias.
-T5_1_1 = hf.HFT5Spec(
-  vocab_size=VOCAB,
-  d_model=32,
-  d_ff=48,
-  num_heads=4,
-  head_dim=8,
-  num_encoder_layers=2,
-  num_decoder_layers=3,
-  activation="gelu",
-  gated=True,
-  scale_logits=False,
-  relative_attention_num_buckets=8,
-  relative_attention_max_distance=20,
-  dropout_rate=0.0,
-)
-UL2 = dataclasses.replace(T5_1_1, activation="silu")
-T5_1_0 = dataclasses.replace(T5_1_1, activation="relu", gated=False, scale_logits=True)
+from tests.hf_util import T5_1_0, T5_1_1, UL2, VOCAB, tokens  # noqa: E402
 
 # name -> (spec, how the directory is written)
 VARIANTS = {
@@ -58,15 +38,6 @@ def _write(spec, how, directory, seed=0):
   return model
 
 
-def _tokens(seed, batch=3, inputs=40, targets=24):
-  rng = np.random.default_rng(seed)
-  enc = rng.integers(2, VOCAB, (batch, inputs))
-  enc[1, 29:] = 0  # padding in one row
-  dec = rng.integers(2, VOCAB, (batch, targets))
-  dec[:, 0] = 0  # decoder start token
-  return enc, dec
-
-
 def _torch_logits(model, enc, dec):
   with torch.no_grad():
     return model(
@@ -81,7 +52,7 @@ def test_logits_match_transformers(variant, tmp_path):
   spec, how = VARIANTS[variant]
   reference = _write(spec, how, tmp_path)
   model, params = hf.load_hf_t5(tmp_path)
-  enc, dec = _tokens(1)
+  enc, dec = tokens(1)
   want = _torch_logits(reference, enc, dec)
   got = np.asarray(model.logits(params, enc, dec))
   assert got.shape == (3, 24, VOCAB)
@@ -97,7 +68,7 @@ def test_scanned_layers_give_the_same_logits(tmp_path):
   assert "layers" in params["encoder"] and params["encoder"]["layers"]["mlp"]["wo"][
     "kernel"
   ].shape == (2, UL2.d_ff, UL2.d_model)
-  enc, dec = _tokens(2)
+  enc, dec = tokens(2)
   np.testing.assert_allclose(
     np.asarray(model.logits(params, enc, dec)), _torch_logits(reference, enc, dec), atol=1e-4
   )
@@ -114,7 +85,7 @@ def test_greedy_decoding_matches_generate(variant, tmp_path):
   spec = dataclasses.replace(spec, num_decoder_layers=spec.num_encoder_layers)
   reference = _write(spec, how, tmp_path, seed=3)
   model, params = hf.load_hf_t5(tmp_path)
-  enc, _ = _tokens(4)
+  enc, _ = tokens(4)
   decode_len = 8
   with torch.no_grad():
     out = reference.generate(
