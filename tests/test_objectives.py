@@ -301,7 +301,8 @@ def test_seqio_task_seed_and_shards(vocab):
   ],
 )
 def test_packs_through_seqio_feature_converters(vocab, converter, expected):
-  docs = U.synthetic_docs(40, 6)
+  # Short documents make short examples, so packing must put several in one row.
+  docs = U.synthetic_docs(200, 6, lo=20, hi=300)
   ds = objectives.mixture_of_denoisers(
     U.docs_dataset(docs), U.LENGTHS, U.features(vocab), objectives.UL2_DENOISERS, seed=0
   )

@@ -38,6 +38,7 @@ class MixtureSpec:
     prefix_values: int32 [sum of prefix lengths], all mode prefixes concatenated.
     prefix_lengths: int32 [K].
     vocab_size: sentinels count down from `vocab_size - 1`.
+    max_spans: most spans any example can have (0 without span denoisers).
   """
 
   kinds: np.ndarray
@@ -47,6 +48,7 @@ class MixtureSpec:
   prefix_values: np.ndarray
   prefix_lengths: np.ndarray
   vocab_size: int
+  max_spans: int
 
   @classmethod
   def build(
@@ -84,58 +86,91 @@ class MixtureSpec:
       prefix_values=np.asarray([t for p in prefixes for t in p], np.int32),
       prefix_lengths=np.asarray([len(p) for p in prefixes], np.int32),
       vocab_size=int(vocab_size),
+      max_spans=max(p.max_spans for p in plans),
     )
 
 
+def _sorted_cuts(m_B: tf.Tensor, n_B: tf.Tensor, max_spans: int, seed: tf.Tensor) -> tf.Tensor:
+  """int32 [B, max_spans - 1]: `n - 1` increasing cut points in [1, m), then `m` padding.
+
+  Cutting `m` items before each cut point gives `n` non-empty runs. The points are
+  `x_(i) + i` for sorted i.i.d. uniform draws `x` in [0, m - n], which makes them
+  distinct; a uniform random segmentation up to ties among the draws (T5 draws it by
+  shuffling all `m - 1` gaps, which needs a sort over the whole chunk).
+  """
+  cols = max_spans - 1
+  batch = tf.shape(m_B)[0]
+  j = tf.range(cols)[tf.newaxis, :]
+  n = n_B[:, tf.newaxis]
+  m = m_B[:, tf.newaxis]
+  u = tf.random.stateless_uniform(tf.stack([batch, cols]), seed)
+  hi = tf.maximum(m - n, 0)
+  x = tf.minimum(tf.cast(u * tf.cast(hi + 1, tf.float32), tf.int32), hi)
+  x = tf.sort(tf.where(j < n - 1, x, tf.int32.max), axis=1)
+  return tf.where(j < n - 1, x + j + 1, m)
+
+
 def _span_masks(
-  lens_B: tf.Tensor, noise_B: tf.Tensor, spans_B: tf.Tensor, seed: tf.Tensor, width: tf.Tensor
+  lens_B: tf.Tensor,
+  noise_B: tf.Tensor,
+  spans_B: tf.Tensor,
+  active_B: tf.Tensor,
+  seed: tf.Tensor,
+  width: tf.Tensor,
+  max_spans: int,
 ) -> tf.Tensor:
   """bool [B, L] noise masks with exactly `noise_B` noise tokens in `spans_B` spans.
 
-  Rows whose counts are meaningless (other kinds) produce garbage that callers mask out;
-  nothing here can fail on them.
+  All the randomness lives in [B, max_spans] tensors; the [B, L] mask is one scatter and
+  one cumsum. Rows with `active_B` False get an all-False mask.
   """
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  pos_BL = tf.range(width)[tf.newaxis, :]
-  lens = lens_B[:, tf.newaxis]
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  batch = tf.shape(lens_B)[0]
+  n = spans_B[:, tf.newaxis]
   noise = noise_B[:, tf.newaxis]
-  spans = spans_B[:, tf.newaxis]
-  plain = lens - noise  # non-noise tokens
-  # Layout before interleaving: plain items at [0, plain), noise items at [plain, lens).
-  # A cut "before item j" ends a run; runs of one kind need (spans - 1) cuts among the
-  # (count - 1) gaps inside that kind. Rank the candidate gaps by a random key, region
-  # by region, and cut at the lowest ranks.
-  region_BL = tf.where(
-    (pos_BL >= 1) & (pos_BL < plain),
-    0,
-    tf.where((pos_BL > plain) & (pos_BL < lens), 1, 2),
+  plain_B = lens_B - noise_B
+  # Layout: plain run 0, noise run 0, plain run 1, ..., noise run n-1. With cp_j / ca_j
+  # the plain / noise items before run j, noise run j is [cp_{j+1} + ca_j, cp_{j+1} +
+  # ca_{j+1}).
+  cut_p = _sorted_cuts(plain_B, spans_B, max_spans, seeds[0])
+  cut_a = _sorted_cuts(noise_B, spans_B, max_spans, seeds[1])
+  zero = tf.zeros([batch, 1], tf.int32)
+  cp_next = tf.concat([cut_p, plain_B[:, tf.newaxis]], 1)
+  ca = tf.concat([zero, cut_a], 1)
+  ca_next = tf.concat([cut_a, noise], 1)
+  starts = cp_next + ca
+  ends = cp_next + ca_next
+  span_ok = (tf.range(max_spans)[tf.newaxis, :] < n) & active_B[:, tf.newaxis]
+
+  # Random rotation: start the chunk at a uniformly drawn plain token or noise-span start
+  # (never inside a span, so no span wraps around and the span count stays n).
+  u = tf.random.stateless_uniform([batch], seeds[2])
+  choices = plain_B + spans_B
+  z = tf.minimum(tf.cast(u * tf.cast(choices, tf.float32), tf.int32), choices - 1)
+  z = tf.maximum(z, 0)
+  at_span = tf.gather(starts, tf.clip_by_value(z, 0, max_spans - 1), batch_dims=1)
+  q = z - spans_B  # index of the plain token, when z >= n
+  run = tf.reduce_sum(
+    tf.cast((cut_p <= q[:, tf.newaxis]) & (tf.range(max_spans - 1)[tf.newaxis] < n - 1), tf.int32),
+    axis=1,
   )
-  u_BL = tf.random.stateless_uniform(tf.shape(region_BL), seeds[0])
-  order_BL = tf.argsort(u_BL + 2.0 * tf.cast(region_BL, tf.float32), axis=1, stable=True)
-  rank_BL = tf.argsort(order_BL, axis=1, stable=True)
-  cut_BL = ((region_BL == 0) & (rank_BL < spans - 1)) | (
-    (region_BL == 1) & (rank_BL >= plain - 1) & (rank_BL < plain - 1 + spans - 1)
+  at_plain = q + tf.gather(ca, run, batch_dims=1)
+  shift = tf.where(z < spans_B, at_span, at_plain)[:, tf.newaxis]
+  wrap = tf.where(starts < shift, lens_B[:, tf.newaxis], 0)
+  starts = starts - shift + wrap
+  ends = ends - shift + wrap
+
+  # +1 at each span start, -1 at its end, cumsum: 1 inside spans.
+  row = tf.range(batch)[:, tf.newaxis] * (width + 1)
+  ids = tf.concat(
+    [row + tf.clip_by_value(starts, 0, width), row + tf.clip_by_value(ends, 0, width)], 1
   )
-  run_BL = tf.cumsum(tf.cast(cut_BL, tf.int32), axis=1)
-  # Interleave: plain run i sorts before noise run i, which sorts before plain run i + 1.
-  big = 2 * width + 4
-  key_BL = tf.where(
-    pos_BL < plain, 2 * run_BL, tf.where(pos_BL < lens, 2 * (run_BL - (spans - 1)) + 1, big)
+  ones = tf.cast(span_ok, tf.int32)
+  delta = tf.math.unsorted_segment_sum(
+    tf.reshape(tf.concat([ones, -ones], 1), [-1]), tf.reshape(ids, [-1]), batch * (width + 1)
   )
-  key_BL = tf.sort(key_BL, axis=1)
-  valid_BL = pos_BL < lens
-  mask_BL = tf.equal(key_BL % 2, 1) & valid_BL
-  # Random rotation among cut points that do not fall inside a noise span (position r is
-  # a valid start unless both r - 1 and r, cyclically, are noise).
-  prev_idx = tf.where(pos_BL == 0, lens - 1, pos_BL - 1)
-  prev_idx = tf.clip_by_value(prev_idx, 0, width - 1)
-  prev_BL = tf.gather(mask_BL, prev_idx, batch_dims=1)
-  ok_BL = valid_BL & ~(mask_BL & prev_BL)
-  v_BL = tf.random.stateless_uniform(tf.shape(ok_BL), seeds[1])
-  shift_B = tf.argmax(tf.where(ok_BL, v_BL, -1.0), axis=1, output_type=tf.int32)
-  src_BL = tf.math.floormod(pos_BL + shift_B[:, tf.newaxis], tf.maximum(lens, 1))
-  src_BL = tf.clip_by_value(src_BL, 0, width - 1)
-  return tf.gather(mask_BL, src_BL, batch_dims=1) & valid_BL
+  inside = tf.cumsum(tf.reshape(delta, [batch, width + 1]), axis=1)[:, :width]
+  return inside > 0
 
 
 def _interleave(
@@ -180,14 +215,19 @@ def build_examples(
 
   # Span rows: a = noise tokens, b (+1 with probability frac) = spans.
   spans_B = b_B + tf.cast(u_B2[:, 0] < frac_B, tf.int32)
-  span_mask_BL = _span_masks(lens_B, a_B, spans_B, seeds[1], width)
+  kind = kind_B[:, tf.newaxis]
+  pos_BL = tf.range(width)[tf.newaxis, :]
+  valid_BL = pos_BL < lens_B[:, tf.newaxis]
+  if spec.max_spans > 0:
+    span_mask_BL = _span_masks(
+      lens_B, a_B, spans_B, kind_B == KIND_IDS["span"], seeds[1], width, spec.max_spans
+    )
+  else:
+    span_mask_BL = tf.zeros_like(valid_BL)
   # Prefix rows: a..b = range of target lengths.
   span_of_t = tf.cast(b_B - a_B + 1, tf.float32)
   t_B = a_B + tf.minimum(tf.cast(tf.floor(u_B2[:, 1] * span_of_t), tf.int32), b_B - a_B)
-  pos_BL = tf.range(width)[tf.newaxis, :]
-  valid_BL = pos_BL < lens_B[:, tf.newaxis]
   prefix_mask_BL = valid_BL & (pos_BL >= (lens_B - t_B)[:, tf.newaxis])
-  kind = kind_B[:, tf.newaxis]
   mask_BL = tf.where(
     kind == KIND_IDS["span"],
     span_mask_BL,

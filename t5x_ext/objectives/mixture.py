@@ -1,18 +1,20 @@
 """`mixture_of_denoisers`: the UL2 Mixture-of-Denoisers as one SeqIO preprocessor.
 
-The pipeline has two vectorized stages and no Python per example:
+Documents are batched and every step below runs on the whole batch with vectorized TF
+ops (no Python and no tf.data stage per example, which is where per-example pipelines
+spend their time):
 
-1. Per document: draw a sequence of denoisers by rate and cut the document into
-   consecutive chunks whose lengths are the drawn denoisers' planned chunk lengths
+1. `chunk_documents`: draw a sequence of denoisers by rate for each document and cut it
+   into consecutive chunks whose lengths are the drawn denoisers' planned chunk lengths
    (`planning.py`). Each chunk becomes one example, so example frequencies follow the
    rates (the number of chunks is a stopping time, so Wald's identity keeps the expected
    share of each denoiser equal to its rate).
-2. Per batch of chunks: build every example's noise mask at once on a padded [B, L]
-   tensor (`corruption.build_examples`), then unbatch.
+2. `corruption.build_examples`: build every chunk's noise mask at once on a padded
+   [C, L] tensor and assemble inputs/targets; then unbatch.
 
-Randomness comes from `seqio.map_over_dataset(num_seeds=1)` seeds, folded with a
-fingerprint of the document, so a fixed seed reproduces the examples and different
-SeqIO shards (different documents) get different corruption.
+Randomness comes from a `seqio.map_over_dataset(num_seeds=1)` seed per batch, folded
+with a fingerprint of the batch's tokens, so a fixed seed reproduces the examples and
+different SeqIO shards (different documents, same seed stream) draw differently.
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ from t5x_ext.objectives.planning import (
 
 MODE_PREFIX_OPTIONS = ("text", "token")
 
-# Chunks denoised together in stage 2. Larger batches amortize TF op overhead; 64 is
-# past the knee on a 2-core machine and keeps memory small.
-DEFAULT_BATCH_SIZE = 64
+# Documents processed together. Larger batches amortize TF's per-op overhead.
+DEFAULT_BATCH_SIZE = 32
 
 
 def mode_prefix_tokens(
@@ -187,8 +188,8 @@ def mixture_of_denoisers(
     mode_token_ids: {mode: id} for "token".
     seed: if set, overrides SeqIO's seed for this preprocessor (`seqio.map_seed_manager`).
       With SeqIO's `get_dataset(seed=...)`, leave it None.
-    batch_size: chunks denoised per vectorized step (performance only; results depend on
-      it only through which chunks share a random stream).
+    batch_size: documents processed per vectorized step (performance only; the examples
+      depend on it only through which documents share a random stream).
 
   Returns:
     A dataset of {"inputs": int32 [n], "targets": int32 [m], "denoiser_id": int32 []}
@@ -218,44 +219,67 @@ def mixture_of_denoisers(
   chunk_lengths = np.asarray([p.chunk_length for p in plans], np.int32)
   min_chunk = int(chunk_lengths[rates > 0].min())
 
-  def chunk_document(ex: Mapping[str, Any], seed: tf.Tensor) -> dict[str, Any]:
-    tokens = tf.cast(tf.reshape(ex["targets"], [-1]), tf.int32)
-    doc_len = tf.size(tokens)
-    fp = _doc_fingerprint(tokens)
-    seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), fp)
-    # Enough draws to cover the document even if every draw is the shortest chunk.
-    n_draws = doc_len // min_chunk + 1
-    ids = tf.cast(tf.random.stateless_categorical(logits[None], n_draws, seed)[0], tf.int32)
-    lengths = tf.gather(chunk_lengths, ids)
-    ends = tf.cumsum(lengths)
-    starts = ends - lengths
-    lengths = tf.minimum(ends, doc_len) - starts
-    # Chunks starting inside the document, minus a too-short tail; kept chunks are a
-    # prefix of the draws, so the tokens they cover are a prefix of the document.
-    keep = lengths >= MIN_CHUNK_LENGTH
-    lengths = tf.boolean_mask(lengths, keep)
-    ids = tf.boolean_mask(ids, keep)
-    values = tokens[: tf.reduce_sum(lengths)]
-    return {
-      "targets": tf.RaggedTensor.from_row_lengths(values, lengths, validate=False),
-      "denoiser_id": ids,
-      "salt": fp + tf.range(tf.size(ids, out_type=tf.int64), dtype=tf.int64),
-    }
-
-  def denoise_batch(ex: Mapping[str, Any], seed: tf.Tensor) -> dict[str, Any]:
-    seed = tf.random.experimental.stateless_fold_in(
-      tf.cast(seed, tf.int64), tf.reduce_sum(ex["salt"])
+  def denoise_documents(docs: tf.RaggedTensor, seed: tf.Tensor) -> dict[str, Any]:
+    # The batch's tokens are mixed into its seed, so SeqIO shards, which receive the same
+    # seed stream, still draw differently.
+    flat = tf.cast(docs.flat_values, tf.int32)
+    seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), _doc_fingerprint(flat))
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    chunks, ids = chunk_documents(
+      docs.with_flat_values(flat), logits, chunk_lengths, min_chunk, seeds[0]
     )
-    out = corruption.build_examples(ex["targets"], ex["denoiser_id"], spec, seed)
+    out = corruption.build_examples(chunks, ids, spec, seeds[1])
     if not emit_inputs:
       out.pop("inputs")
     return out
 
   scope = seqio.map_seed_manager(seed) if seed is not None else contextlib.nullcontext()
   with scope:
-    chunker = seqio.map_over_dataset(chunk_document, num_seeds=1)
-    denoiser = seqio.map_over_dataset(denoise_batch, num_seeds=1)
-    ds = chunker(dataset).unbatch()
+    denoiser = seqio.map_over_dataset(denoise_documents, num_seeds=1)
+    ds = dataset.map(lambda ex: ex["targets"], num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.ragged_batch(batch_size)
     ds = denoiser(ds).unbatch()
   return ds
+
+
+def chunk_documents(
+  docs: tf.RaggedTensor,
+  logits: np.ndarray,
+  chunk_lengths: np.ndarray,
+  min_chunk: int,
+  seed: tf.Tensor,
+) -> tuple[tf.RaggedTensor, tf.Tensor]:
+  """Cuts a batch of documents into chunks, drawing each chunk's denoiser by rate.
+
+  Each document gets a sequence of i.i.d. denoiser draws; chunk j takes the next
+  `chunk_lengths[draw_j]` tokens. Draws past the end are discarded, the last chunk may be
+  shorter, and a tail under `MIN_CHUNK_LENGTH` tokens is dropped.
+
+  Args:
+    docs: int32 ragged [D, None] token documents.
+    logits: float32 [K] log rates (very negative for rate 0).
+    chunk_lengths: int32 [K] planned chunk length per denoiser.
+    min_chunk: the shortest chunk length among denoisers with a positive rate.
+    seed: stateless seed.
+
+  Returns:
+    (chunks int32 ragged [C, None] in document order, denoiser ids int32 [C]).
+  """
+  doc_lens = tf.cast(docs.row_lengths(), tf.int32)
+  num_docs = tf.size(doc_lens)
+  # Enough draws to cover the longest document even if every draw is the shortest chunk.
+  n_draws = tf.reduce_max(tf.concat([doc_lens, [0]], 0)) // min_chunk + 1
+  logits_DK = tf.tile(tf.constant(logits)[tf.newaxis], [num_docs, 1])
+  ids = tf.cast(tf.random.stateless_categorical(logits_DK, n_draws, seed), tf.int32)
+  lengths = tf.gather(tf.constant(chunk_lengths), ids)
+  ends = tf.cumsum(lengths, axis=1)
+  starts = ends - lengths
+  lengths = tf.minimum(ends, doc_lens[:, tf.newaxis]) - starts
+  # Kept chunks of a document are a prefix of its draws, covering a prefix of its tokens.
+  keep = lengths >= MIN_CHUNK_LENGTH
+  covered = tf.reduce_sum(tf.where(keep, lengths, 0), axis=1)
+  row_ids = tf.cast(docs.value_rowids(), tf.int32)
+  pos = tf.range(tf.size(row_ids)) - tf.gather(tf.cast(docs.row_starts(), tf.int32), row_ids)
+  values = tf.boolean_mask(docs.flat_values, pos < tf.gather(covered, row_ids))
+  chunks = tf.RaggedTensor.from_row_lengths(values, tf.boolean_mask(lengths, keep), validate=False)
+  return chunks, tf.boolean_mask(ids, keep)
