@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -156,6 +157,38 @@ def learning_rate_at(learning_rate: LearningRate, step) -> jax.Array:
 # ---------------------------------------------------------------------------------------
 
 _WEIGHTINGS = ("num_tokens", "sum", "mean")
+
+
+def accumulation_weighting(loss_normalizing_factor: Any = None) -> str:
+  """The `accumulate_gradients` weighting that reproduces a model's full-batch loss.
+
+  Args:
+    loss_normalizing_factor: the model's setting (see `t5x_ext.losses.normalize`): None or
+      'NUM_REAL_TARGET_TOKENS' (mean over target tokens), 'NUM_TOTAL_TARGET_TOKENS' (mean
+      over all B*T positions), 'AVERAGE_PER_SEQUENCE', or a positive constant.
+
+  Returns:
+    'num_tokens', 'mean' or 'sum'. For 'AVERAGE_PER_SEQUENCE' it is 'mean', which is exact
+    only when every microbatch holds the same number of sequences with targets (a warning
+    says so).
+  """
+  if loss_normalizing_factor in (None, "NUM_REAL_TARGET_TOKENS"):
+    return "num_tokens"
+  if loss_normalizing_factor == "NUM_TOTAL_TARGET_TOKENS":
+    return "mean"
+  if loss_normalizing_factor == "AVERAGE_PER_SEQUENCE":
+    logging.warning(
+      "Gradient accumulation with loss_normalizing_factor='AVERAGE_PER_SEQUENCE' averages "
+      "microbatch losses: equal to the full batch only if microbatches hold equally many sequences."
+    )
+    return "mean"
+  if isinstance(loss_normalizing_factor, int | float) and not isinstance(
+    loss_normalizing_factor, bool
+  ):
+    return "sum"
+  raise ValueError(
+    f"loss_normalizing_factor = {loss_normalizing_factor!r}: no accumulation weighting for it."
+  )
 
 
 def accumulate_gradients(

@@ -243,3 +243,59 @@ def test_accumulation_rejects_a_batch_that_does_not_split():
     optimizers.accumulate_gradients(
       loss_fn, params, batch, 2, jax.random.key(0), weighting="tokens"
     )
+
+
+def test_accumulation_weighting_follows_the_models_loss_normalisation():
+  assert optimizers.accumulation_weighting(None) == "num_tokens"
+  assert optimizers.accumulation_weighting("NUM_REAL_TARGET_TOKENS") == "num_tokens"
+  assert optimizers.accumulation_weighting("NUM_TOTAL_TARGET_TOKENS") == "mean"
+  assert optimizers.accumulation_weighting(4096.0) == "sum"
+  with pytest.raises(ValueError, match="loss_normalizing_factor = 'tokens'"):
+    optimizers.accumulation_weighting("tokens")
+
+
+def test_accumulation_equals_the_full_batch_for_the_real_encoder_decoder():
+  models = pytest.importorskip("t5x_ext.models")
+  from t5x_ext import network
+
+  cfg = network.TransformerConfig(
+    vocab_size=128,
+    emb_dim=32,
+    num_heads=2,
+    head_dim=16,
+    mlp_dim=64,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    dtype="float32",
+  )
+  model = models.EncoderDecoderModel(cfg, z_loss=1e-4)
+  rng = np.random.default_rng(0)
+  b, li, lt = 8, 12, 10
+  lengths = rng.integers(1, lt + 1, size=b)  # very different target counts per row
+  targets = rng.integers(2, 128, size=(b, lt)).astype(np.int32) * (np.arange(lt) < lengths[:, None])
+  batch = {
+    "encoder_input_tokens": rng.integers(2, 128, size=(b, li)).astype(np.int32),
+    "decoder_target_tokens": targets,
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_loss_weights": (targets > 0).astype(np.float32),
+  }
+  params = nn_unbox(jax.jit(model.init_variables)(jax.random.key(0), batch)["params"])
+  rng_key = jax.random.key(1)
+  run = jax.jit(
+    lambda p, m: optimizers.accumulate_gradients(model.loss_fn, p, batch, m, rng_key),
+    static_argnums=1,
+  )
+  l1, a1, g1 = run(params, 1)
+  l4, a4, g4 = run(params, 4)
+  np.testing.assert_allclose(l4, l1, rtol=1e-6)
+  np.testing.assert_allclose(a4["num_tokens"], lengths.sum())
+  np.testing.assert_allclose(a4["token_loss"], a1["token_loss"], rtol=1e-5, atol=1e-6)
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, c: float(jnp.max(jnp.abs(a - c))), g1, g4))
+  scale = max(jax.tree.leaves(jax.tree.map(lambda a: float(jnp.max(jnp.abs(a))), g1)))
+  assert max(diffs) <= 1e-6 * max(scale, 1.0), (max(diffs), scale)
+
+
+def nn_unbox(tree):
+  import flax.linen as nn
+
+  return nn.unbox(tree)
