@@ -298,3 +298,22 @@ def test_params_only_restore_names_mismatches(tmp_path):
     checkpointing.restore_params(tmp_path / "params", _abstract(missing))
   with pytest.raises(FileNotFoundError, match="No checkpoint at"):
     checkpointing.restore_params(tmp_path / "nowhere", _abstract(_params()))
+
+
+def test_async_save_is_safe_when_the_state_is_donated_right_after(tmp_path):
+  # The train loop donates the state to the next step right after `save` returns: the
+  # checkpoint must hold the values at save time, not whatever reuses the buffers.
+  ckpt = _checkpointer(tmp_path, save_interval_steps=1)
+  state = {"params": {"w": jnp.arange(512 * 512, dtype=jnp.float32).reshape(512, 512)}}
+  expected = np.asarray(state["params"]["w"]).copy()
+  ckpt.save(1, state, {"batches": 1})
+  step = jax.jit(lambda s: jax.tree.map(lambda x: x * 0 - 1, s), donate_argnums=0)
+  for _ in range(3):
+    state = step(state)
+  ckpt.close()
+  ckpt = _checkpointer(tmp_path)
+  restored, _, _ = ckpt.restore_latest(
+    {"params": {"w": jax.ShapeDtypeStruct((512, 512), jnp.float32)}}
+  )
+  ckpt.close()
+  np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), expected)
