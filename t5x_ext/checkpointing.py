@@ -432,8 +432,9 @@ def _resolve_params_source(path: epath.Path) -> tuple[epath.Path, bool]:
     steps = _complete_steps(root)
     if steps:
       return root / str(max(steps)) / STATE_ITEM, True
-  if (path / "_METADATA").exists() or (path / "manifest.ocdbt").exists():
-    return path, False  # a plain StandardCheckpointer tree (e.g. converted Transformers weights)
+  for tree_dir in (path, path / "params"):  # `python -m t5x_ext.hf.convert` writes OUT/params
+    if (tree_dir / "_METADATA").exists() or (tree_dir / "manifest.ocdbt").exists():
+      return tree_dir, False  # a plain StandardCheckpointer tree (e.g. converted weights)
   raise FileNotFoundError(
     f"No checkpoint at {path}: expected a MODEL_DIR, a checkpoints directory, a step "
     "directory, or a directory written by ocp.StandardCheckpointer (converted weights)."
@@ -450,7 +451,8 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
 
   `path` may be a MODEL_DIR, its `checkpoints/` directory (newest step), one step directory,
   or a directory written by `ocp.StandardCheckpointer().save(OUT / 'params', params)` (the
-  converted Transformers weights; the tree may be the params or `{'params': params}`).
+  converted Transformers weights; `OUT` itself works too; the tree may be the params or
+  `{'params': params}`).
   The optimizer state is not read; values are cast to the target dtypes (float32).
 
   Args:

@@ -282,6 +282,8 @@ def test_params_only_restore_from_a_run_a_step_and_a_converted_checkpoint(tmp_pa
   _assert_trees_equal(
     checkpointing.restore_params(tmp_path / "hf" / "params", target), _params(5.0)
   )
+  # The converter's OUT directory itself (it writes OUT/params).
+  _assert_trees_equal(checkpointing.restore_params(tmp_path / "hf", target), _params(5.0))
   restored = checkpointing.restore_params(tmp_path / "hf2" / "params", target)
   assert restored["scale"].dtype == jnp.float32
   np.testing.assert_allclose(restored["scale"], 0.5)
