@@ -34,6 +34,7 @@ No state with NaN/Inf in it is ever written: `maybe_save` checks (`check_finite`
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -81,6 +82,26 @@ def check_finite(tree: Any) -> bool:
 @jax.jit
 def _all_finite(leaves):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _jsonable(data: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The data position as plain JSON types; numpy scalars/arrays become numbers/lists.
+
+  Checked here, in the caller's thread: an error inside Orbax's background write would only
+  surface at the next save."""
+
+  def default(x):
+    if isinstance(x, np.generic):
+      return x.item()
+    if isinstance(x, np.ndarray | jax.Array):
+      return np.asarray(x).tolist()
+    raise TypeError(f"data_state holds {x!r} of type {type(x).__name__}, which is not JSON-able")
+
+  if data is None:
+    return {}
+  if not isinstance(data, Mapping):
+    raise TypeError(f"data_state must be a dict, got {type(data).__name__}")
+  return json.loads(json.dumps(dict(data), default=default))
 
 
 def _replicated_everywhere() -> NamedSharding:
@@ -249,7 +270,7 @@ class Checkpointer:
       args = ocp.args.Composite(
         **{
           STATE_ITEM: ocp.args.StandardSave(_globalize(state)),
-          DATA_ITEM: ocp.args.JsonSave(dict(data_state or {})),
+          DATA_ITEM: ocp.args.JsonSave(_jsonable(data_state)),
         }
       )
       saved = self._manager.save(step, args=args, force=True)

@@ -319,3 +319,16 @@ def test_async_save_is_safe_when_the_state_is_donated_right_after(tmp_path):
   )
   ckpt.close()
   np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), expected)
+
+
+def test_data_position_with_numpy_values_is_stored_as_json_and_bad_values_fail_early(tmp_path):
+  ckpt = _checkpointer(tmp_path, save_interval_steps=1)
+  ckpt.save(1, _state(1), {"batches": np.int64(7), "rng": np.array([1, 2], np.uint32)})
+  with pytest.raises(TypeError, match="data_state holds .* not JSON-able"):
+    ckpt.save(2, _state(2), {"iterator": object()})
+  ckpt.close()
+  assert ckpt.all_steps() == [1]
+  ckpt = _checkpointer(tmp_path)
+  _, data, _ = ckpt.restore_latest(_abstract(_state(0)))
+  ckpt.close()
+  assert data == {"batches": 7, "rng": [1, 2]}
