@@ -9,7 +9,7 @@ A checkpoint (one directory per step) holds two items:
           written by the primary process only, so it must be the same on every process (e.g.
           "batches consumed"); each process derives its own shard from it.
 
-Typical loop (see `t5x_ext.trainer`):
+Typical loop (`t5x_ext.loop.train_loop` does this):
 
     ckpt = Checkpointer(model_dir, save_interval_steps=1000, max_to_keep=3)
     restored = ckpt.restore_latest(abstract_state)      # None on a fresh start
@@ -28,7 +28,7 @@ process killed mid-save leaves a directory Orbax does not list. `Checkpointer` w
 leftovers, and if the newest listed checkpoint still fails to restore (files lost afterwards),
 it moves it aside to `checkpoints.corrupt/` with a warning and restores the previous one.
 
-No state with NaN/Inf in it is ever written: `maybe_save` checks (`check_finite`) and raises
+No state with NaN/Inf in it is ever written: `save` checks (`check_finite`) and raises
 `NonFiniteStateError` instead.
 """
 
@@ -213,7 +213,12 @@ class Checkpointer:
     if not self.directory.exists():
       return
     for child in self.directory.iterdir():
-      if TMP_MARKER in child.name:
+      # Local disks: a tmp-named directory renamed on commit. Object stores: the step's own
+      # name without its commit_success.txt.
+      unfinished = TMP_MARKER in child.name or (
+        child.name.isdigit() and not ocp.path.step.is_path_finalized(child)
+      )
+      if unfinished:
         logger.warning(
           "Skipping incomplete checkpoint %s (a save was interrupted, e.g. the process was "
           "killed); resuming from the last complete one.",
