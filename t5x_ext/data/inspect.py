@@ -256,7 +256,7 @@ def inspect(
   feature_converter_name: str = "EncDecFeatureConverter",
   stats_examples: int = 1000,
   seed: int = 0,
-  out: TextIO = sys.stdout,
+  out: TextIO | None = None,
 ) -> dict:
   """Prints decoded examples and statistics of a task; returns the statistics.
 
@@ -268,7 +268,7 @@ def inspect(
     feature_converter_name: converter used for the packing statistics.
     stats_examples: examples measured for the statistics (0 to skip them).
     seed: the task's seed.
-    out: where to print.
+    out: where to print (default: `sys.stdout` at call time).
 
   Returns:
     `{"denoisers": [...], "packing": {...}}` (see `denoiser_statistics`,
@@ -279,6 +279,7 @@ def inspect(
   provider = seqio.get_mixture_or_task(task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   denoisers = pretraining.task_denoisers(provider) if isinstance(provider, seqio.Task) else None
+  out = out or sys.stdout
   p = lambda *a: print(*a, file=out)  # noqa: E731
   p(f"task {task_name}  split={split}  lengths={dict(task_feature_lengths)}")
   p(
