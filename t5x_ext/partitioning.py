@@ -186,6 +186,34 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+def validate_rules(rules: Rules, mesh: Mesh | None = None) -> None:
+  """Fails early on a malformed rules table (e.g. a gin override with a typo).
+
+  Args:
+    rules: sequence of `(logical_name, mesh_axis | tuple of mesh axes | None)`.
+    mesh: if given, every mesh axis named must be one of its axes.
+
+  Raises:
+    ValueError: naming the offending rule.
+  """
+  names = MESH_AXES if mesh is None else tuple(mesh.axis_names)
+  seen = set()
+  for rule in rules:
+    if not (isinstance(rule, tuple | list) and len(rule) == 2 and isinstance(rule[0], str)):
+      raise ValueError(f"logical_axis_rules entry {rule!r}: expected (logical_name, mesh_axes).")
+    logical, target = rule
+    if logical in seen:
+      # Flax would silently use the first; a duplicate is almost always an editing mistake.
+      raise ValueError(f"logical_axis_rules names {logical!r} twice.")
+    seen.add(logical)
+    targets = target if isinstance(target, tuple | list) else (target,)
+    for axis in targets:
+      if axis is not None and axis not in names:
+        raise ValueError(
+          f"logical_axis_rules entry {tuple(rule)!r}: mesh axis {axis!r} is not one of {names}."
+        )
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
   """NamedShardings for a (possibly boxed) tree, e.g. `jax.eval_shape(model.init_variables, ...)`.
 
@@ -201,9 +229,10 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RUL
     A tree of `NamedSharding` matching `nn.unbox(abstract_tree)`.
 
   Raises:
-    ValueError: if a parameter dimension does not divide the mesh axes it is mapped to
-      (naming the parameter, its shape and its logical axes).
+    ValueError: on a malformed rules table, or if a parameter dimension does not divide the
+      mesh axes it is mapped to (naming the parameter, its shape and its logical axes).
   """
+  validate_rules(rules, mesh)
   specs = nn.get_partition_spec(abstract_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
   unboxed = nn.unbox(abstract_tree)

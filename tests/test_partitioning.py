@@ -114,3 +114,30 @@ def test_sharded_state_checks_on_eight_simulated_devices():
   )
   assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
   assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize(
+  "rules, match",
+  [
+    ([("embed", "tensor")], r"mesh axis 'tensor' is not one of"),
+    ([("batch", ("data", "fsdpp"))], r"mesh axis 'fsdpp'"),
+    ([("embed", "fsdp"), ("embed", None)], r"names 'embed' twice"),
+    (["embed"], r"entry 'embed': expected"),
+  ],
+)
+def test_malformed_rules_fail_naming_the_rule(rules, match):
+  with pytest.raises(ValueError, match=match):
+    partitioning.validate_rules(rules, partitioning.make_mesh())
+
+
+def test_logical_shardings_validates_rules_and_maps_boxed_leaves():
+  mesh = partitioning.make_mesh()
+  abstract = {
+    "w": nn.LogicallyPartitioned(jax.ShapeDtypeStruct((4, 8), np.float32), (axes.EMBED, axes.MLP)),
+    "plain": jax.ShapeDtypeStruct((3,), np.float32),
+  }
+  shardings = partitioning.logical_shardings(abstract, mesh)
+  assert shardings["w"].spec == jax.sharding.PartitionSpec("fsdp", "model")
+  assert shardings["plain"].spec == jax.sharding.PartitionSpec()
+  with pytest.raises(ValueError, match="mesh axis 'x'"):
+    partitioning.logical_shardings(abstract, mesh, [(axes.EMBED, "x")])
