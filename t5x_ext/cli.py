@@ -20,6 +20,7 @@ The gin search path always holds the repository's `gin/` directory (next to the 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pathlib
 import sys
@@ -118,7 +119,24 @@ def parse_gin(
   # gin resolves `include` relative to the search path but the top-level files we resolve
   # ourselves, to give a clear error naming the flag.
   files = [_resolve_gin_file(f, paths) for f in gin_files]
-  gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=finalize)
+  # gin's package-resource reader logs an ERROR for every search-path miss of an include
+  # ("Path not found"), even when a later prefix finds the file; those lines are noise.
+  quiet = _DropGinPathMisses()
+  root = logging.getLogger()
+  root.addFilter(quiet)
+  for handler in root.handlers:
+    handler.addFilter(quiet)
+  try:
+    gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=finalize)
+  finally:
+    root.removeFilter(quiet)
+    for handler in root.handlers:
+      handler.removeFilter(quiet)
+
+
+class _DropGinPathMisses(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
 
 
 def macro_value(name: str, default: Any = None) -> Any:
