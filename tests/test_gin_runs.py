@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import pathlib
 
-import gin
 import jax
 import jax.numpy as jnp
 import pytest
 
+import gin
 from t5x_ext import cli
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
