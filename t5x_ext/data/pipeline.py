@@ -37,9 +37,11 @@ def _get_provider(name: str):
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError:
-    # Registering is lazy: make sure this project's tasks are registered before failing.
-    import tasks  # noqa: F401
+    # Make sure this project's tasks are registered before failing (a test fixture or a
+    # notebook may have cleared the registry after `import tasks` ran).
+    import tasks
 
+    tasks.register_all()
     try:
       return seqio.get_mixture_or_task(name)
     except ValueError as e:
