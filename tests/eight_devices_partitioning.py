@@ -29,8 +29,8 @@ def _config(**overrides):
     num_heads=4,
     head_dim=16,
     mlp_dim=128,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
     dtype="float32",
   )
   base.update(overrides)
@@ -66,7 +66,7 @@ def test_default_rules_leave_no_large_parameter_replicated(overrides):
     shardings = partitioning.logical_shardings(abstract, mesh)
     params = nn_unbox(abstract)
     big = [p for p in jax.tree.leaves(params) if np.prod(p.shape) * p.dtype.itemsize >= 1 << 20]
-    assert len(big) >= 10
+    assert len(big) >= 8  # embeddings, attention and MLP matrices
     assert partitioning.fully_replicated_params(params, shardings) == [], shape
     partitioning.check_params_sharded(params, mesh, shardings)
 
@@ -90,11 +90,17 @@ def test_check_params_sharded_names_replicated_parameters_when_rules_miss_them()
   )
 
 
-def test_sharded_init_places_params_by_rules_with_the_same_values_as_one_device():
-  cfg = _config()
-  init = _init_fn(cfg)
+@pytest.fixture(scope="module")
+def sharded():
+  """The small network's params, initialised sharded on MESH_3D (compiled once per module)."""
+  init = _init_fn(_config())
   mesh = partitioning.make_mesh(MESH_3D)
   params, shardings = partitioning.sharded_init(init, jax.random.key(3), mesh=mesh)
+  return init, params, shardings
+
+
+def test_sharded_init_places_params_by_rules_with_the_same_values_as_one_device(sharded):
+  init, params, shardings = sharded
   emb = params["token_embedder"]["embedding"]  # [vocab, embed]
   assert emb.sharding.spec == P("model", "fsdp")
   assert emb.addressable_shards[0].data.shape == (1024 // 2, 64 // 2)
@@ -115,10 +121,8 @@ def test_parameter_dims_that_do_not_divide_the_mesh_fail_naming_the_parameter():
     partitioning.logical_shardings(abstract, mesh)
 
 
-def test_optimizer_state_is_sharded_like_the_params():
-  cfg = _config()
-  mesh = partitioning.make_mesh(MESH_3D)
-  params, shardings = partitioning.sharded_init(_init_fn(cfg), jax.random.key(0), mesh=mesh)
+def test_optimizer_state_is_sharded_like_the_params(sharded):
+  _, params, shardings = sharded
   key = ("encoder", "layers_0", "mlp", "wi_0", "kernel")  # [64 embed->fsdp, 128 mlp->model]
 
   def get(tree):
@@ -184,11 +188,8 @@ def test_gradient_accumulation_on_a_sharded_batch_matches_the_full_batch():
   np.testing.assert_allclose(a4["token_loss"], a1["token_loss"], rtol=1e-6)
 
 
-def test_checkpoint_restores_into_a_different_mesh(tmp_path):
-  cfg = _config()
-  init = _init_fn(cfg)
-  dp = partitioning.make_mesh({"data": 8})
-  params, _ = partitioning.sharded_init(init, jax.random.key(1), mesh=dp)
+def test_checkpoint_restores_into_a_different_mesh(tmp_path, sharded):
+  init, params, _ = sharded  # sharded over data x fsdp x model
   ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=1, handle_sigterm=False)
   ckpt.save(1, {"params": params}, {"batches": 1})
   ckpt.close()
