@@ -133,19 +133,22 @@ def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape.get(a, 1) for a in BATCH_MESH_AXES)
 
 
-def validate_batch_size(batch_size: int, mesh: Mesh) -> None:
+def validate_batch_size(batch_size: int, mesh: Mesh, num_microbatches: int = 1) -> None:
   """Fails early when the global batch cannot be split evenly over the mesh and processes.
 
   Args:
     batch_size: global batch size (all processes together).
     mesh: the mesh.
+    num_microbatches: gradient accumulation steps; each microbatch must itself split over
+      the data-parallel size, or every microbatch would be resharded.
 
   Raises:
-    ValueError: naming BATCH_SIZE and the mesh when the batch does not divide the
-      data-parallel size (data x fsdp) or the number of batch shards across processes.
+    ValueError: naming BATCH_SIZE (or NUM_MICROBATCHES) and the mesh when the batch does not
+      divide the data-parallel size (data x fsdp), the number of batch shards across
+      processes, or num_microbatches x the data-parallel size.
   """
   dp = data_parallel_size(mesh)
-  if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+  if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
     raise ValueError(f"BATCH_SIZE = {batch_size!r}: must be a positive int.")
   if batch_size % dp:
     raise ValueError(
@@ -156,6 +159,14 @@ def validate_batch_size(batch_size: int, mesh: Mesh) -> None:
   if batch_size % num_shards:
     raise ValueError(
       f"BATCH_SIZE = {batch_size} does not divide over {num_shards} host batch shards."
+    )
+  if not isinstance(num_microbatches, int | np.integer) or num_microbatches < 1:
+    raise ValueError(f"NUM_MICROBATCHES = {num_microbatches!r}: must be a positive int.")
+  if batch_size % (num_microbatches * dp):
+    raise ValueError(
+      f"NUM_MICROBATCHES = {num_microbatches} with BATCH_SIZE = {batch_size}: each microbatch "
+      f"must split over the data-parallel size {dp} (mesh {dict(mesh.shape)}), so BATCH_SIZE "
+      f"must be a multiple of {num_microbatches * dp}."
     )
 
 

@@ -152,6 +152,11 @@ def test_global_batch_is_split_over_data_and_fsdp():
     ValueError, match=r"BATCH_SIZE = 6 does not divide over the data-parallel size 4"
   ):
     partitioning.validate_batch_size(6, mesh)
+  partitioning.validate_batch_size(16, mesh, num_microbatches=4)
+  with pytest.raises(
+    ValueError, match=r"NUM_MICROBATCHES = 4 with BATCH_SIZE = 8: .* multiple of 16"
+  ):
+    partitioning.validate_batch_size(8, mesh, num_microbatches=4)
   local = {"tokens": np.arange(8 * 5, dtype=np.int32).reshape(8, 5)}
   batch = partitioning.make_global_batch(local, mesh)
   assert batch["tokens"].sharding == NamedSharding(mesh, P(("data", "fsdp")))

@@ -83,6 +83,8 @@ def test_validate_batch_size_accepts_multiples_of_the_data_parallel_size():
   partitioning.validate_batch_size(4 * jax.device_count(), mesh)
   with pytest.raises(ValueError, match=r"BATCH_SIZE = 0"):
     partitioning.validate_batch_size(0, mesh)
+  with pytest.raises(ValueError, match=r"NUM_MICROBATCHES = 0"):
+    partitioning.validate_batch_size(8, mesh, num_microbatches=0)
 
 
 def test_single_process_loads_the_whole_batch():
