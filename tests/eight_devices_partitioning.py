@@ -193,6 +193,25 @@ def test_gradient_accumulation_on_a_sharded_batch_matches_the_full_batch():
   np.testing.assert_allclose(a4["token_loss"], a1["token_loss"], rtol=1e-6)
 
 
+def test_microbatch_split_needs_no_communication():
+  # Microbatch m takes rows m, m+M, ...: every device keeps its own rows. A contiguous split
+  # would all-gather the batch (the compiled step then has all-gathers).
+  mesh = partitioning.make_mesh({"data": 4, "fsdp": 2})
+  batch = partitioning.make_global_batch(
+    {"x": np.ones((32, 16, 8), np.float32), "w": np.ones((32, 16), np.float32)}, mesh
+  )
+  params = {"k": jnp.ones((8, 4))}
+
+  def loss_fn(p, b, _):
+    tok = jnp.sum(jnp.tanh(b["x"] @ p["k"]) ** 2, -1) * b["w"]
+    return jnp.sum(tok) / jnp.sum(b["w"]), {"num_tokens": jnp.sum(b["w"]), "token_loss": tok}
+
+  step = jax.jit(lambda p, b: optimizers.accumulate_gradients(loss_fn, p, b, 4, jax.random.key(0)))
+  hlo = step.lower(params, batch).compile().as_text()
+  assert "all-reduce" in hlo  # gradients and sums are reduced ...
+  assert "all-gather" not in hlo and "all-to-all" not in hlo  # ... but the batch never moves
+
+
 def test_checkpoint_restores_into_a_different_mesh(tmp_path, sharded):
   init, params, _ = sharded  # sharded over data x fsdp x model
   ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=1, handle_sigterm=False)
