@@ -35,7 +35,7 @@ class MixtureSpec:
     table_a: int32 [K, C + 1]; see `DenoiserPlan.table_a`.
     table_b: int32 [K, C + 1]; see `DenoiserPlan.table_b`.
     table_frac: float32 [K, C + 1]; see `DenoiserPlan.table_frac`.
-    prefix_values: int32 [sum of prefix lengths], all mode prefixes concatenated.
+    prefix_values: int32 [K, P], mode prefix ids, zero-padded to the longest (P may be 0).
     prefix_lengths: int32 [K].
     vocab_size: sentinels count down from `vocab_size - 1`.
     max_spans: most spans any example can have (0 without span denoisers).
@@ -83,7 +83,9 @@ class MixtureSpec:
       table_a=a,
       table_b=b,
       table_frac=f,
-      prefix_values=np.asarray([t for p in prefixes for t in p], np.int32),
+      prefix_values=np.asarray(
+        [list(p) + [0] * (max(map(len, prefixes)) - len(p)) for p in prefixes], np.int32
+      ).reshape([k, -1]),
       prefix_lengths=np.asarray([len(p) for p in prefixes], np.int32),
       vocab_size=int(vocab_size),
       max_spans=max(p.max_spans for p in plans),
@@ -94,19 +96,22 @@ def _sorted_cuts(m_B: tf.Tensor, n_B: tf.Tensor, max_spans: int, seed: tf.Tensor
   """int32 [B, max_spans - 1]: `n - 1` increasing cut points in [1, m), then `m` padding.
 
   Cutting `m` items before each cut point gives `n` non-empty runs. The points are
-  `x_(i) + i` for sorted i.i.d. uniform draws `x` in [0, m - n], which makes them
-  distinct; a uniform random segmentation up to ties among the draws (T5 draws it by
-  shuffling all `m - 1` gaps, which needs a sort over the whole chunk).
+  `x_(i) + i` for the order statistics `x_(i)` of `n - 1` i.i.d. uniform draws in
+  [0, m - n], which makes them distinct: a uniform random segmentation up to ties among
+  the draws (T5 shuffles all `m - 1` gaps instead, a sort over the whole chunk). The
+  order statistics come sorted from exponential spacings (Renyi), so nothing is sorted.
   """
   cols = max_spans - 1
   batch = tf.shape(m_B)[0]
   j = tf.range(cols)[tf.newaxis, :]
   n = n_B[:, tf.newaxis]
   m = m_B[:, tf.newaxis]
-  u = tf.random.stateless_uniform(tf.stack([batch, cols]), seed)
+  u = tf.random.stateless_uniform(tf.stack([batch, max_spans]), seed, minval=1e-7, maxval=1.0)
+  arrivals = tf.cumsum(-tf.math.log(u), axis=1)  # [B, max_spans]
+  total = tf.gather(arrivals, tf.maximum(n_B - 1, 0), batch_dims=1)[:, tf.newaxis]
+  sorted_u = arrivals[:, :cols] / total  # first n - 1 entries: sorted uniforms in (0, 1)
   hi = tf.maximum(m - n, 0)
-  x = tf.minimum(tf.cast(u * tf.cast(hi + 1, tf.float32), tf.int32), hi)
-  x = tf.sort(tf.where(j < n - 1, x, tf.int32.max), axis=1)
+  x = tf.minimum(tf.cast(sorted_u * tf.cast(hi + 1, tf.float32), tf.int32), hi)
   return tf.where(j < n - 1, x + j + 1, m)
 
 
@@ -118,14 +123,22 @@ def _span_masks(
   seed: tf.Tensor,
   width: tf.Tensor,
   max_spans: int,
-) -> tf.Tensor:
-  """bool [B, L] noise masks with exactly `noise_B` noise tokens in `spans_B` spans.
+  vocab_size: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Noise masks with exactly `noise_B` noise tokens in `spans_B` spans, and sentinels.
 
-  All the randomness lives in [B, max_spans] tensors; the [B, L] mask is one scatter and
-  one cumsum. Rows with `active_B` False get an all-False mask.
+  All the randomness lives in [B, max_spans] tensors; the [B, L] outputs are one scatter
+  and one cumsum. Rows with `active_B` False get no spans.
+
+  Returns:
+    (mask bool [B, L], sentinel int32 [B, L + 1]: the sentinel id at each span's first
+    position, 0 elsewhere).
   """
   seeds = tf.random.experimental.stateless_split(seed, 3)
   batch = tf.shape(lens_B)[0]
+  # Inactive rows carry other kinds' numbers; keep them in range so every gather is valid.
+  spans_B = tf.where(active_B, spans_B, 1)
+  noise_B = tf.where(active_B, noise_B, 1)
   n = spans_B[:, tf.newaxis]
   noise = noise_B[:, tf.newaxis]
   plain_B = lens_B - noise_B
@@ -160,29 +173,33 @@ def _span_masks(
   starts = starts - shift + wrap
   ends = ends - shift + wrap
 
-  # +1 at each span start, -1 at its end, cumsum: 1 inside spans.
+  # Sentinels number the spans in reading order: after the rotation the unwrapped spans
+  # (those at or after `shift`) come first.
+  first = tf.reduce_sum(tf.cast((wrap > 0) & span_ok, tf.int32), axis=1, keepdims=True)
+  rank = tf.math.floormod(tf.range(max_spans)[tf.newaxis, :] - first, tf.maximum(n, 1))
+  sentinel = tf.where(span_ok, vocab_size - 1 - rank, 0)
+
+  # One scatter: +1 at each span start and -1 at its end (the cumsum is 1 inside spans),
+  # and, in a second block, each span's sentinel id at its start.
   row = tf.range(batch)[:, tf.newaxis] * (width + 1)
-  ids = tf.concat(
-    [row + tf.clip_by_value(starts, 0, width), row + tf.clip_by_value(ends, 0, width)], 1
-  )
+  starts = row + tf.clip_by_value(starts, 0, width)
+  ends = row + tf.clip_by_value(ends, 0, width)
+  block = batch * (width + 1)
   ones = tf.cast(span_ok, tf.int32)
-  delta = tf.math.unsorted_segment_sum(
-    tf.reshape(tf.concat([ones, -ones], 1), [-1]), tf.reshape(ids, [-1]), batch * (width + 1)
-  )
-  inside = tf.cumsum(tf.reshape(delta, [batch, width + 1]), axis=1)[:, :width]
-  return inside > 0
+  ids = tf.concat([starts, ends, starts + block], 1)
+  data = tf.concat([ones, -ones, sentinel], 1)
+  out = tf.math.unsorted_segment_sum(tf.reshape(data, [-1]), tf.reshape(ids, [-1]), 2 * block)
+  out = tf.reshape(out, [2, batch, width + 1])
+  inside = tf.cumsum(out[0], axis=1)[:, :width]
+  return inside > 0, out[1]
 
 
-def _interleave(
-  first_BL: tf.Tensor, keep_first_BL: tf.Tensor, second_BL: tf.Tensor, keep_second_BL: tf.Tensor
-) -> tf.RaggedTensor:
-  """Ragged [B, None]: per position, `first` (if kept) then `second` (if kept)."""
-  vals = tf.stack([first_BL, second_BL], axis=2)
-  keep = tf.stack([keep_first_BL, keep_second_BL], axis=2)
-  batch = tf.shape(vals)[0]
-  vals = tf.reshape(vals, [batch, -1])
-  keep = tf.reshape(keep, [batch, -1])
-  return tf.ragged.boolean_mask(vals, keep)
+def _select(vals_BL: tf.Tensor, keep_BL: tf.Tensor) -> tf.RaggedTensor:
+  """Ragged [B, None]: the kept values of each row, in order (one flat boolean_mask,
+  much cheaper than `tf.ragged.boolean_mask`)."""
+  values = tf.boolean_mask(tf.reshape(vals_BL, [-1]), tf.reshape(keep_BL, [-1]))
+  lengths = tf.reduce_sum(tf.cast(keep_BL, tf.int64), axis=1)
+  return tf.RaggedTensor.from_row_lengths(values, lengths, validate=False)
 
 
 def build_examples(
@@ -219,11 +236,19 @@ def build_examples(
   pos_BL = tf.range(width)[tf.newaxis, :]
   valid_BL = pos_BL < lens_B[:, tf.newaxis]
   if spec.max_spans > 0:
-    span_mask_BL = _span_masks(
-      lens_B, a_B, spans_B, kind_B == KIND_IDS["span"], seeds[1], width, spec.max_spans
+    span_mask_BL, sent_BL1 = _span_masks(
+      lens_B,
+      a_B,
+      spans_B,
+      kind_B == KIND_IDS["span"],
+      seeds[1],
+      width,
+      spec.max_spans,
+      spec.vocab_size,
     )
   else:
     span_mask_BL = tf.zeros_like(valid_BL)
+    sent_BL1 = tf.zeros(tf.stack([tf.size(k_B), width + 1]), tf.int32)
   # Prefix rows: a..b = range of target lengths.
   span_of_t = tf.cast(b_B - a_B + 1, tf.float32)
   t_B = a_B + tf.minimum(tf.cast(tf.floor(u_B2[:, 1] * span_of_t), tf.int32), b_B - a_B)
@@ -234,16 +259,22 @@ def build_examples(
     tf.where(kind == KIND_IDS["prefix_lm"], prefix_mask_BL, valid_BL),
   )
 
-  is_span = kind == KIND_IDS["span"]
-  prev_BL = tf.pad(mask_BL[:, :-1], [[0, 0], [1, 0]])
-  start_BL = mask_BL & ~prev_BL & is_span
-  sentinel_BL = spec.vocab_size - tf.cumsum(tf.cast(start_BL, tf.int32), axis=1)
-  inputs = _interleave(sentinel_BL, start_BL, tokens_BL, valid_BL & ~mask_BL)
-  targets = _interleave(sentinel_BL, start_BL, tokens_BL, mask_BL)
-
-  prefix_rt = tf.RaggedTensor.from_row_lengths(
-    spec.prefix_values, spec.prefix_lengths, validate=False
-  )
-  prefix_rt = tf.gather(prefix_rt, k_B).with_row_splits_dtype(inputs.row_splits.dtype)
-  inputs = tf.concat([prefix_rt, inputs], axis=1)
+  # At most one id per position in each output: inputs hold the sentinel at a span's
+  # first position (whose token goes to the targets) and plain tokens elsewhere; targets
+  # hold noise tokens, and a span's sentinel sits on the position just before it (a plain
+  # one) or on an extra leading column when the span starts the chunk.
+  sent_BL = sent_BL1[:, :width]
+  in_vals = tf.where(sent_BL > 0, sent_BL, tokens_BL)
+  in_keep = (sent_BL > 0) | (valid_BL & ~mask_BL)
+  if spec.prefix_values.shape[1]:
+    in_vals = tf.concat([tf.gather(spec.prefix_values, k_B), in_vals], 1)
+    prefix_keep = (
+      tf.range(spec.prefix_values.shape[1])[tf.newaxis]
+      < tf.gather(spec.prefix_lengths, k_B)[:, tf.newaxis]
+    )
+    in_keep = tf.concat([prefix_keep, in_keep], 1)
+  inputs = _select(in_vals, in_keep)
+  noise_BL1 = tf.pad(mask_BL, [[0, 0], [1, 0]])
+  tg_vals = tf.where(noise_BL1, tf.pad(tokens_BL, [[0, 0], [1, 0]]), sent_BL1)
+  targets = _select(tg_vals, noise_BL1 | (sent_BL1 > 0))
   return {"inputs": inputs, "targets": targets, "denoiser_id": k_B}

@@ -278,8 +278,12 @@ def chunk_documents(
   # Kept chunks of a document are a prefix of its draws, covering a prefix of its tokens.
   keep = lengths >= MIN_CHUNK_LENGTH
   covered = tf.reduce_sum(tf.where(keep, lengths, 0), axis=1)
-  row_ids = tf.cast(docs.value_rowids(), tf.int32)
-  pos = tf.range(tf.size(row_ids)) - tf.gather(tf.cast(docs.row_starts(), tf.int32), row_ids)
-  values = tf.boolean_mask(docs.flat_values, pos < tf.gather(covered, row_ids))
+  # The only uncovered token a document can have is its last one (a dropped 1-token tail).
+  flat = docs.flat_values
+  tail = tf.boolean_mask(tf.cast(docs.row_limits(), tf.int32) - 1, covered < doc_lens)
+  dropped = tf.scatter_nd(
+    tail[:, tf.newaxis], tf.ones_like(tail, tf.bool), tf.shape(flat, out_type=tf.int32)
+  )
+  values = tf.boolean_mask(flat, ~dropped)
   chunks = tf.RaggedTensor.from_row_lengths(values, tf.boolean_mask(lengths, keep), validate=False)
   return chunks, tf.boolean_mask(ids, keep)
