@@ -139,7 +139,7 @@ def denoiser_statistics(
     seed: the task's seed.
 
   Returns:
-    One dict per denoiser: `name, mode, spec, examples, share, noise_density,
+    One dict per denoiser: `name, mode, spec, examples, share, spec_share, noise_density,
     spec_noise_density, mean_span_length, spec_mean_span_length, inputs_mean, inputs_max,
     targets_mean, targets_max`.
   """
@@ -161,6 +161,7 @@ def denoiser_statistics(
     d = denoisers[k] if denoisers else None
     _measure(ex, d, len(prefixes[k]), vocabulary, accs[k])
     total += 1
+  rates = objectives.normalized_rates(denoisers) if denoisers else [1.0]
   rows = []
   for k in sorted(accs):
     a = accs[k]
@@ -177,6 +178,7 @@ def denoiser_statistics(
         "spec": d.describe() if d else "(no denoiser)",
         "examples": a.count,
         "share": a.count / max(total, 1),
+        "spec_share": rates[k],
         "noise_density": a.noise / a.text if a.text else 0.0,
         "spec_noise_density": spec_density,
         "mean_span_length": a.noise / a.spans if a.spans else None,
@@ -309,7 +311,10 @@ def inspect(
     result["denoisers"] = rows
     p(f"\nper-denoiser statistics over {sum(r['examples'] for r in rows)} examples")
     for r in rows:
-      p(f"  {r['name']:<16} mode={r['mode'] or '-':<6} share={_fmt(r['share'], pct=True)}")
+      p(
+        f"  {r['name']:<16} mode={r['mode'] or '-':<6} share={_fmt(r['share'], pct=True)} "
+        f"(spec {_fmt(r['spec_share'], pct=True)})"
+      )
       p(
         f"    noise density {_fmt(r['noise_density'], r['spec_noise_density'])}  "
         f"mean span {_fmt(r['mean_span_length'], r['spec_mean_span_length'])}"
