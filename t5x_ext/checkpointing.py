@@ -142,6 +142,17 @@ def _to_abstract(tree: Any) -> Any:
   return jax.tree.map(one, tree)
 
 
+def _jax_preemption_service() -> bool:
+  """Whether jax.distributed runs several processes with its preemption sync manager."""
+  if jax.process_count() == 1:
+    return False
+  try:
+    from jax._src import distributed
+  except ImportError:  # pragma: no cover - private module moved
+    return False
+  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
 class Checkpointer:
   """Saves and restores train state + data position under `<model_dir>/checkpoints`.
 
@@ -152,7 +163,9 @@ class Checkpointer:
     keep_period: also keep every checkpoint whose step is a multiple of this (None = off).
     async_save: write in a background thread; the train step continues after the device to
       host copy.
-    handle_sigterm: install a SIGTERM handler (see `request_stop`); main thread only.
+    handle_sigterm: act on SIGTERM (save, then `stop_requested`). One process: a Python
+      handler (main thread only). Several processes under `jax.distributed`: JAX's
+      preemption service, which picks the same step on every process.
   """
 
   def __init__(
@@ -187,7 +200,10 @@ class Checkpointer:
     self._stop = threading.Event()
     self.stop_requested = False
     self._previous_handler = None
-    if handle_sigterm:
+    # Several processes under jax.distributed: JAX's preemption service already catches
+    # SIGTERM and agrees on a step without a device sync; a Python handler would replace it.
+    self._jax_preemption = _jax_preemption_service()
+    if handle_sigterm and not self._jax_preemption:
       self._install_sigterm_handler()
 
   # ----------------------------------------------------------------------------- queries
@@ -333,27 +349,36 @@ class Checkpointer:
     self._previous_handler = previous
 
   def request_stop(self) -> None:
-    """What SIGTERM does: the next `maybe_save` saves (forced), then sets `stop_requested`."""
+    """What SIGTERM does: the next `should_save` is True, and `save` then sets `stop_requested`.
+
+    With JAX's preemption service (several processes) call it on every process at the same
+    step, or send SIGTERM to one process instead.
+    """
     self._stop.set()
 
   def stop_check(self, step: int) -> bool:
-    """Whether a stop was requested, agreed by all processes (a collective when several).
+    """Whether to save and stop at `step`, agreed by all processes.
 
-    Every process must call it at the same steps (maybe_save does, each step).
+    Every process must call it at every step (`should_save` does). With JAX's preemption
+    service (several processes) it asks that service, which answers True on all processes at
+    the same step soon after any of them got SIGTERM. Otherwise, with several processes, the
+    local flags are all-gathered (a small collective each step).
 
     Args:
-      step: current step (for logging only).
+      step: the current step.
 
     Returns:
-      True if any process received SIGTERM / `request_stop`.
+      True if a stop was requested (SIGTERM or `request_stop`).
     """
-    del step
     local = self._stop.is_set()
     if jax.process_count() == 1:
       return local
     from jax.experimental import multihost_utils
 
-    agreed = bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+    if self._jax_preemption:
+      agreed = local or multihost_utils.reached_preemption_sync_point(step)
+    else:
+      agreed = bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
     if agreed:
       self._stop.set()  # so that every process's `save` waits and sets `stop_requested`
     return agreed

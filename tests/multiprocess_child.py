@@ -1,18 +1,24 @@
 """One of two processes (2 CPU devices each) for `test_partitioning_multiprocess.py`.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
-    python tests/multiprocess_child.py PROCESS_ID PORT MODEL_DIR
+    python tests/multiprocess_child.py PROCESS_ID PORT MODEL_DIR sigterm|flag
 
 Not collected (no `test_` prefix). Exits 0 and prints "OK <id>" when every check passed.
 """
 
+import os
+import signal
 import sys
+import time
 
 import jax
 
 # CPU collectives across processes need gloo; it must be chosen before initialize.
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-process_id, port, model_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+process_id, port, model_dir, stop_mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+# 'sigterm': JAX's preemption service agrees on the stop step. 'flag': without that service,
+# Checkpointer all-gathers the processes' stop flags (request_stop on process 0 only).
+jax.config.update("jax_enable_preemption_service", stop_mode == "sigterm")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
 
 import jax.numpy as jnp  # noqa: E402
@@ -50,21 +56,29 @@ partitioning.validate_batch_size(8, mesh)
 check_batch(partitioning.make_mesh({"model": 4}), 1)
 check_batch(partitioning.make_mesh({"data": 2, "model": 2}), 2)
 
-# Checkpoints of a state sharded across both processes; a SIGTERM seen by one process
-# (request_stop) stops both, after a save at the same step.
+# Checkpoints of a state sharded across both processes. The stop reaches process 0 only;
+# both processes must save at the same step and stop.
 mesh = partitioning.make_mesh({"fsdp": 4})
 sharding = NamedSharding(mesh, P("fsdp"))
 make = jax.jit(lambda: jnp.arange(16.0).reshape(8, 2) * 3.0, out_shardings=sharding)
-state = {"params": {"w": make()}, "step": jnp.int32(4)}
-ckpt = checkpointing.Checkpointer(model_dir, save_interval_steps=3, handle_sigterm=False)
-assert ckpt.should_save(3)
-ckpt.save(3, state, {"batches": 3})
-if process_id == 0:
-  ckpt.request_stop()
-assert ckpt.should_save(4)  # agreed across processes: off the interval, but stopping
-ckpt.save(4, state, {"batches": 4})
-assert ckpt.stop_requested
+ckpt = checkpointing.Checkpointer(model_dir, save_interval_steps=1000)
+stopped = None
+for step in range(1, 2000):
+  time.sleep(0.01)  # a "train step"
+  if process_id == 0 and step == 5:
+    if stop_mode == "sigterm":
+      os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      ckpt.request_stop()
+  if ckpt.should_save(step):
+    ckpt.save(step, {"params": {"w": make()}, "step": jnp.int32(step)}, {"batches": step})
+  if ckpt.stop_requested:
+    stopped = step
+    break
 ckpt.close()
+assert stopped is not None and stopped >= 5, stopped
+both = multihost_utils.process_allgather(np.asarray(stopped))
+assert both[0] == both[1], both
 
 ckpt = checkpointing.Checkpointer(model_dir, handle_sigterm=False)
 target = {
@@ -73,10 +87,10 @@ target = {
 }
 restored, data, step = ckpt.restore_latest(target)
 ckpt.close()
-assert (step, data) == (4, {"batches": 4}), (step, data)
+assert (step, data) == (stopped, {"batches": stopped}), (step, data, stopped)
 assert restored["params"]["w"].sharding == sharding
 np.testing.assert_array_equal(
   multihost_utils.process_allgather(restored["params"]["w"], tiled=True),
   np.arange(16.0).reshape(8, 2) * 3.0,
 )
-print(f"OK {process_id}", flush=True)
+print(f"OK {process_id} stopped at {stopped}", flush=True)

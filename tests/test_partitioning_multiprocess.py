@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(__file__)
 
 
@@ -14,7 +16,8 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_share_batches_and_checkpoints(tmp_path):
+@pytest.mark.parametrize("stop_mode", ["sigterm", "flag"])
+def test_two_processes_share_batches_and_checkpoints(tmp_path, stop_mode):
   port = str(_free_port())
   env = dict(
     os.environ,
@@ -25,7 +28,7 @@ def test_two_processes_share_batches_and_checkpoints(tmp_path):
   child = os.path.join(HERE, "multiprocess_child.py")
   procs = [
     subprocess.Popen(
-      [sys.executable, child, str(i), port, str(tmp_path)],
+      [sys.executable, child, str(i), port, str(tmp_path), stop_mode],
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,
