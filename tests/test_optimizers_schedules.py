@@ -1,10 +1,12 @@
 """Learning-rate schedules: values at the phase boundaries, and early errors."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_ext import schedules
+import gin
+from t5x_ext import optimizers, schedules
 
 
 def _values(schedule, steps):
@@ -89,3 +91,37 @@ def test_schedules_trace_under_jit():
 def test_bad_settings_fail_when_the_schedule_is_made(make, match):
   with pytest.raises(ValueError, match=match):
     make()
+
+
+def test_gin_binds_the_optimizer_factory_and_schedules():
+  # Gin files bind these through dynamic registration; make_optimizer forwards extra
+  # bindings (weight_decay, b2) to the chosen optimizer.
+  gin.parse_config(
+    """
+    from __gin__ import dynamic_registration
+    from t5x_ext import optimizers
+    from t5x_ext import schedules
+
+    LEARNING_RATE = @schedules.warmup_stable_decay_schedule()
+    schedules.warmup_stable_decay_schedule:
+      peak_learning_rate = 1e-3
+      warmup_steps = 10
+      stable_steps = 100
+      decay_steps = 10
+      start_step = 50
+    optimizers.make_optimizer:
+      name = 'adamw'
+      learning_rate = %LEARNING_RATE
+      grad_clip = 1.0
+      weight_decay = 0.1
+      b2 = 0.95
+    """
+  )
+  tx = gin.get_configurable(optimizers.make_optimizer)()
+  params = {"w": jnp.ones((2, 2))}
+  state = tx.init(params)
+  updates, _ = tx.update({"w": jnp.zeros((2, 2))}, state, params)
+  # Step 0 is before start_step 50: learning rate 0, so not even weight decay moves w.
+  np.testing.assert_allclose(updates["w"], 0.0)
+  lr = gin.get_configurable(schedules.warmup_stable_decay_schedule)()
+  np.testing.assert_allclose(_values(lr, [50, 55, 60, 165]), [0.0, 5e-4, 1e-3, 5e-4], rtol=1e-5)
