@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from t5x_ext import checkpointing, network, optimizers, partitioning
+from t5x_ext import axes, checkpointing, network, optimizers, partitioning
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (simulated) devices")
 
@@ -191,6 +191,20 @@ def test_gradient_accumulation_on_a_sharded_batch_matches_the_full_batch():
   np.testing.assert_allclose(l4, l1, rtol=1e-6)
   np.testing.assert_allclose(g4["k"], g1["k"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(a4["token_loss"], a1["token_loss"], rtol=1e-6)
+
+
+def test_activation_constraints_apply_inside_axis_rules():
+  mesh = partitioning.make_mesh(MESH_3D)
+  x = partitioning.make_global_batch({"x": np.ones((8, 16), np.float32)}, mesh)["x"]
+
+  def f(x):
+    return nn.with_logical_constraint(x * 2, (axes.BATCH, axes.ACT_MLP))
+
+  with partitioning.axis_rules(mesh):
+    constrained = jax.jit(f)(x)
+  assert constrained.sharding.spec == P(("data", "fsdp"), "model")
+  # Outside the context flax drops the constraint: the batch sharding just propagates.
+  assert jax.jit(f)(x).sharding.spec != P(("data", "fsdp"), "model")
 
 
 def test_microbatch_split_needs_no_communication():

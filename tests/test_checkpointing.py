@@ -332,3 +332,11 @@ def test_data_position_with_numpy_values_is_stored_as_json_and_bad_values_fail_e
   _, data, _ = ckpt.restore_latest(_abstract(_state(0)))
   ckpt.close()
   assert data == {"batches": 7, "rng": [1, 2]}
+
+
+def test_keep_period_keeps_multiples_besides_the_last_k(tmp_path):
+  ckpt = _checkpointer(tmp_path, save_interval_steps=1, max_to_keep=1, keep_period=4)
+  for s in range(1, 10):
+    ckpt.save(s, {"w": jnp.full((2,), float(s))})
+  ckpt.close()
+  assert ckpt.all_steps() == [4, 8, 9]
