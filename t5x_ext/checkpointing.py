@@ -328,6 +328,12 @@ class Checkpointer:
       signal.signal(signal.SIGTERM, self._previous_handler)
       self._previous_handler = None
 
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
   # ----------------------------------------------------------------------------- preemption
 
   def _install_sigterm_handler(self) -> None:

@@ -335,8 +335,8 @@ def test_data_position_with_numpy_values_is_stored_as_json_and_bad_values_fail_e
 
 
 def test_keep_period_keeps_multiples_besides_the_last_k(tmp_path):
-  ckpt = _checkpointer(tmp_path, save_interval_steps=1, max_to_keep=1, keep_period=4)
-  for s in range(1, 10):
-    ckpt.save(s, {"w": jnp.full((2,), float(s))})
-  ckpt.close()
+  with _checkpointer(tmp_path, save_interval_steps=1, max_to_keep=1, keep_period=4) as ckpt:
+    for s in range(1, 10):
+      ckpt.save(s, {"w": jnp.full((2,), float(s))})
+  ckpt.close()  # closing again (e.g. in a `finally`) is harmless
   assert ckpt.all_steps() == [4, 8, 9]
