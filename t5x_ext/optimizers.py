@@ -1,7 +1,8 @@
 """Optimizers (Adafactor as in T5, AdamW), global-norm clipping and gradient accumulation.
 
-`make_optimizer` is what gin binds (`OPTIMIZER = @optimizers.make_optimizer()`); schedules live in
-`t5x_ext.schedules`. Parameters and optimizer state are float32 (bf16 is for compute only).
+`make_optimizer` is what gin configures (the run files bind its `name`, `grad_clip` and the
+optimizer's own settings; the trainer calls it with the learning-rate schedule); schedules live
+in `t5x_ext.schedules`. Parameters and optimizer state are float32 (bf16 is for compute only).
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def accumulate_gradients(
   params: Any,
   batch: Mapping[str, jax.Array],
   num_microbatches: int | None,
-  rng: jax.Array,
+  rng: jax.Array | None,
   *,
   weighting: str = "num_tokens",
 ) -> tuple[jax.Array, dict[str, jax.Array], Any]:
@@ -220,7 +221,7 @@ def accumulate_gradients(
     params: unboxed params.
     batch: dict of arrays with the global batch on axis 0.
     num_microbatches: None or 1 = one pass over the whole batch.
-    rng: dropout rng; microbatch m uses `fold_in(rng, m)`.
+    rng: dropout rng (or None: deterministic); microbatch m uses `fold_in(rng, m)`.
     weighting: 'num_tokens' (loss is a mean over `aux['num_tokens']`; the default),
       'sum' (the loss is already a sum, or divides by a constant: microbatch losses add up),
       'mean' (plain average of microbatch losses: for per-example-mean losses).
@@ -260,7 +261,8 @@ def accumulate_gradients(
 
   def body(carry, xs):
     index, microbatch = xs
-    (loss, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
+    mb_rng = None if rng is None else jax.random.fold_in(rng, index)
+    (loss, aux), grads = grad_fn(params, microbatch, mb_rng)
     w = weight_of(aux)
     g_sum, loss_sum, w_sum, scalars = carry
     g_sum = jax.tree.map(lambda a, g: a + w * g.astype(jnp.float32), g_sum, grads)

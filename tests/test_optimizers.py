@@ -299,3 +299,11 @@ def nn_unbox(tree):
   import flax.linen as nn
 
   return nn.unbox(tree)
+
+
+def test_accumulation_without_an_rng_is_deterministic():
+  loss_fn, params, batch = _toy_problem()
+  l1, _, g1 = optimizers.accumulate_gradients(loss_fn, params, batch, 1, None)
+  l3, _, g3 = optimizers.accumulate_gradients(loss_fn, params, batch, 3, None)
+  np.testing.assert_allclose(l3, l1, rtol=1e-6)
+  np.testing.assert_allclose(g3["k"], g1["k"], rtol=1e-6, atol=1e-7)
