@@ -279,14 +279,22 @@ def test_accumulation_equals_the_full_batch_for_the_real_encoder_decoder():
     "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
     "decoder_loss_weights": (targets > 0).astype(np.float32),
   }
-  params = nn_unbox(jax.jit(model.init_variables)(jax.random.key(0), batch)["params"])
-  rng_key = jax.random.key(1)
-  run = jax.jit(
-    lambda p, m: optimizers.accumulate_gradients(model.loss_fn, p, batch, m, rng_key),
-    static_argnums=1,
+  # Random params of the right shapes: tracing the init is enough (no extra compile).
+  shapes = nn_unbox(jax.eval_shape(model.init_variables, jax.random.key(0), batch)["params"])
+  leaves, treedef = jax.tree.flatten(shapes)
+  keys = jax.random.split(jax.random.key(0), len(leaves))
+  params = jax.tree.unflatten(
+    treedef, [0.1 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
   )
-  l1, a1, g1 = run(params, 1)
-  l4, a4, g4 = run(params, 4)
+  rng_key = jax.random.key(1)
+
+  @jax.jit  # both variants in one compile
+  def run(p):
+    full = optimizers.accumulate_gradients(model.loss_fn, p, batch, 1, rng_key)
+    micro = optimizers.accumulate_gradients(model.loss_fn, p, batch, 4, rng_key)
+    return full, micro
+
+  (l1, a1, g1), (l4, a4, g4) = run(params)
   np.testing.assert_allclose(l4, l1, rtol=1e-6)
   np.testing.assert_allclose(a4["num_tokens"], lengths.sum())
   np.testing.assert_allclose(a4["token_loss"], a1["token_loss"], rtol=1e-5, atol=1e-6)
