@@ -1,0 +1,124 @@
+"""Shared pieces of the benchmarks: flags, gin model loading, peak FLOP/s, JSON output.
+
+The benchmarks print one JSON object on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+# Keep TensorFlow (pulled in by nothing here, but by gin-bound modules elsewhere) quiet.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_flags(description: str, add_flags) -> tuple[argparse.Namespace, list[str]]:
+  """Parses `--gin_file=F` (repeatable), `--gin.KEY=VALUE` and the benchmark's own flags.
+
+  Args:
+    description: the benchmark's help text.
+    add_flags: a function that adds the benchmark's flags to the parser.
+
+  Returns:
+    (flags, gin bindings as `KEY=VALUE` strings).
+  """
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--gin_file", action="append", required=True, help="model gin file")
+  parser.add_argument("--compare_hf", action="store_true", help="also run Transformers T5")
+  parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+  parser.add_argument("--seed", type=int, default=0)
+  add_flags(parser)
+  flags, rest = parser.parse_known_args()
+  bindings = []
+  for arg in rest:
+    if not arg.startswith("--gin."):
+      parser.error(f"unknown flag {arg!r}")
+    bindings.append(arg[len("--gin.") :])
+  return flags, bindings
+
+
+def load_gin_model(gin_files: list[str], bindings: list[str]):
+  """Parses gin model files and returns the model bound to their `MODEL` macro.
+
+  Args:
+    gin_files: gin files; the first one must define `MODEL`.
+    bindings: extra `KEY=VALUE` bindings, applied after the files.
+
+  Returns:
+    The model object (e.g. `t5x_ext.models.EncoderDecoderModel`).
+  """
+  import gin
+  from t5x_ext import cli
+
+  for path in cli.gin_search_paths():
+    gin.add_config_file_search_path(path)
+
+  @gin.configurable("bench_model", denylist=[])
+  def _bench_model(model=gin.REQUIRED):
+    return model
+
+  gin.parse_config_files_and_bindings(
+    gin_files, list(bindings) + ["bench_model.model = %MODEL"], finalize_config=False
+  )
+  return _bench_model()
+
+
+def log(msg: str) -> None:
+  """Progress line on stderr (stdout is for the JSON result)."""
+  print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
+  """fp32 FLOP/s of a large square `jnp.matmul` on the default device, best of `repeats`.
+
+  Args:
+    n: matrix size.
+    repeats: timed calls.
+
+  Returns:
+    FLOP/s of the fastest call.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  mm = jax.jit(jnp.matmul)
+  mm(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    mm(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best
+
+
+def timed_rounds(fns: dict, rounds: int, iters: dict) -> dict:
+  """Times several callables in alternating rounds, so machine load hits all alike.
+
+  Args:
+    fns: name -> callable (each call does one unit of work and blocks until done).
+    rounds: alternating rounds.
+    iters: name -> calls per round.
+
+  Returns:
+    name -> median seconds per call over the rounds.
+  """
+  per_call = {name: [] for name in fns}
+  for r in range(rounds):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      for _ in range(iters[name]):
+        fn()
+      per_call[name].append((time.perf_counter() - t0) / iters[name])
+      log(f"round {r}: {name} {per_call[name][-1]:.4f} s/call")
+  return {name: statistics.median(v) for name, v in per_call.items()}
+
+
+def emit(result: dict) -> None:
+  """Prints the result as one JSON object on stdout."""
+  print(json.dumps(result, indent=2, sort_keys=True))
