@@ -209,7 +209,9 @@ def test_ul2_batches_ids_are_constant_per_packed_segment(converter):
   import tasks
 
   lengths = {"inputs": 512, "targets": 512}
-  it = pipeline.get_batches("pydocs_ul2_mod_v1", lengths, batch_size=4, feature_converter_name=converter, seed=1)
+  it = pipeline.get_batches(
+    "pydocs_ul2_mod_v1", lengths, batch_size=4, feature_converter_name=converter, seed=1
+  )
   k = len(tasks.OBJECTIVES["ul2_mod"])
   seen = set()
   for _ in range(3):
@@ -241,3 +243,17 @@ def test_ul2_restore_is_exact():
     got = next(resumed)
     for key in w:
       np.testing.assert_array_equal(got[key], w[key], err_msg=key)
+
+
+def test_infer_batches_of_a_finetuning_task_keep_the_text():
+  import tasks
+
+  out = pipeline.get_infer_batches(
+    "pydocs_topic_classification_v1", {"inputs": 128, "targets": 8}, batch_size=4, max_examples=6
+  )
+  (ex1, b1), (ex2, b2) = list(out)
+  assert len(ex1) == 4 and len(ex2) == 2
+  labels = set(tasks.finetune.TOPIC_PACKAGES.values())
+  assert all(e["targets_pretokenized"] in labels for e in ex1 + ex2)
+  assert all(e["inputs_pretokenized"].startswith("topic: ") for e in ex1)
+  assert b2["decoder_loss_weights"][2:].sum() == 0

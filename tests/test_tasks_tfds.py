@@ -104,3 +104,15 @@ def test_c4_pipeline_batches_under_mock_data(spm32k_path):
   ids = b["decoder_denoiser_ids"]
   assert ids.max() <= len(objectives.UL2_DENOISERS)
   np.testing.assert_array_equal(ids > 0, b["decoder_loss_weights"] > 0)
+
+
+def test_c4_ul2_with_embedded_vocabulary_under_mock_data():
+  """Runs everywhere (no shared spm32k): C4's source with the embedded vocabulary."""
+  c4.register(vocabulary=tasks.default_vocabulary(), name_prefix="c4_embedded")
+  task = seqio.get_mixture_or_task("c4_embedded_ul2_mod_v1")
+  with tfds.testing.mock_data(num_examples=10):
+    exs = list(
+      task.get_dataset({"inputs": 512, "targets": 512}, split="validation").as_numpy_iterator()
+    )
+  assert len(exs) >= 10
+  assert all(ex["targets"].max() < 8100 for ex in exs)
