@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import flax.struct
@@ -189,26 +190,31 @@ def _child_env():
 
 
 def test_sigterm_saves_then_stops(tmp_path):
-  proc = subprocess.Popen(
-    [sys.executable, CHILD, "sigterm", str(tmp_path)],
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=_child_env(),
-  )
-  try:
-    for line in proc.stdout:
-      if line.startswith("step 5"):
-        proc.send_signal(signal.SIGTERM)
-        break
-    out, err = proc.communicate(timeout=120)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == 0, err[-3000:]
+  stderr_path = tmp_path / "stderr.txt"
+  with open(stderr_path, "w") as stderr:  # a file: a full stderr pipe could block the child
+    proc = subprocess.Popen(
+      [sys.executable, CHILD, "sigterm", str(tmp_path / "run")],
+      stdout=subprocess.PIPE,
+      stderr=stderr,
+      text=True,
+      env=_child_env(),
+    )
+    watchdog = threading.Timer(300, proc.kill)  # never hang the suite on a stuck child
+    watchdog.start()
+    try:
+      for line in proc.stdout:
+        if line.startswith("step 5"):
+          proc.send_signal(signal.SIGTERM)
+          break
+      out, _ = proc.communicate(timeout=120)
+    finally:
+      watchdog.cancel()
+      if proc.poll() is None:
+        proc.kill()
+  assert proc.returncode == 0, stderr_path.read_text()[-3000:]
   stopped = int(out.split("stopped at ")[1].split()[0])
   assert stopped >= 5
-  ckpt = _checkpointer(tmp_path)
+  ckpt = _checkpointer(tmp_path / "run")
   restored, data, step = ckpt.restore_latest(
     {"params": {"w": jnp.zeros((64, 64))}, "step": jnp.int32(0)}
   )

@@ -26,23 +26,27 @@ def test_two_processes_share_batches_and_checkpoints(tmp_path, stop_mode):
     PYTHONPATH=os.path.dirname(HERE),
   )
   child = os.path.join(HERE, "multiprocess_child.py")
+  # Output to files: waiting on one child while the other fills a pipe could deadlock them.
+  logs = [open(tmp_path / f"process_{i}.log", "w") for i in range(2)]
   procs = [
     subprocess.Popen(
-      [sys.executable, child, str(i), port, str(tmp_path), stop_mode],
-      stdout=subprocess.PIPE,
+      [sys.executable, child, str(i), port, str(tmp_path / "run"), stop_mode],
+      stdout=logs[i],
       stderr=subprocess.STDOUT,
       text=True,
       env=env,
     )
     for i in range(2)
   ]
-  outputs = []
   try:
     for p in procs:
-      outputs.append(p.communicate(timeout=240)[0])
+      p.wait(timeout=240)
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for i, (p, out) in enumerate(zip(procs, outputs)):
+    for f in logs:
+      f.close()
+  for i, p in enumerate(procs):
+    out = (tmp_path / f"process_{i}.log").read_text()
     assert p.returncode == 0 and f"OK {i}" in out, out[-4000:]
