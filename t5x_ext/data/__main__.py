@@ -1,9 +1,10 @@
 """`python -m t5x_ext.data inspect --task NAME [--n N] [--split S] [--inputs LI --targets LT]
 [--gin_file FILE ...] [--gin.KEY=VALUE ...]`: print decoded examples and statistics.
 
-Gin is parsed here only (the library stays gin-free). Gin files may be this project's run or
-experiment files: unknown configurables are skipped, and the macros `MIXTURE_OR_TASK_NAME`
-and `TASK_FEATURE_LENGTHS` (when set) give the defaults of `--task`, `--inputs`, `--targets`.
+Gin is parsed here only (the library stays gin-free), with the entry points' parser
+(`t5x_ext.cli.parse_gin`: the project's `gin/` directory is on the include path). Gin files may
+be this project's run or experiment files: the macros `MIXTURE_OR_TASK_NAME` and
+`TASK_FEATURE_LENGTHS` (when set) give the defaults of `--task`, `--inputs`, `--targets`.
 The task factories are configurable by gin here as `c4_tasks.register`, `text_files.register`
 (e.g. `--gin.c4_tasks.register.vocabulary_path="'/my/spm.model'"`), and called once parsed.
 """
@@ -40,9 +41,13 @@ def _parse_gin(files, bindings):
   import tasks
   from tasks import c4, text_files
 
+  from t5x_ext import cli
+
   c4_register = gin.external_configurable(c4.register, "c4_tasks.register")
   files_register = gin.external_configurable(text_files.register_text_files, "text_files.register")
-  gin.parse_config_files_and_bindings(files, bindings, skip_unknown=True)
+  # The entry points' parser: the project's gin/ directory on the include path, files
+  # resolved from it too (`--gin_file=gin/local/ul2_tiny.gin` or `local/ul2_tiny.gin`).
+  cli.parse_gin(files, bindings)
   # Call the factories only where gin configures them, so the defaults stay as `import tasks`
   # registered them.
   config = str(gin.config_str())
