@@ -39,9 +39,8 @@ def _parse_gin(files, bindings):
   """Parses gin and returns (task name, lengths) macros if defined."""
   import gin
   import tasks
-  from tasks import c4, text_files
-
   from t5x_ext import cli
+  from tasks import c4, text_files
 
   c4_register = gin.external_configurable(c4.register, "c4_tasks.register")
   files_register = gin.external_configurable(text_files.register_text_files, "text_files.register")
