@@ -1,9 +1,11 @@
 """SeqIO registry of t5x_ext: `import tasks` registers every task and mixture.
 
-Importing is cheap and offline: it imports seqio/TensorFlow and `t5x_ext.objectives` (no JAX),
-builds no vocabulary and touches no network or GCS; vocabularies and TFDS builders load when
-a task is first read. Registering again replaces the tasks with identical ones, so importing
-twice (or reloading) is harmless.
+Importing is cheap and offline: it imports seqio/TensorFlow and `t5x_ext.objectives` and none
+of this project's model code (seqio itself imports jax and flax through clu; nothing here
+does), builds no vocabulary and touches no network or GCS; vocabularies and TFDS builders load
+when a task is first read. Registering again replaces the tasks with identical ones, so
+importing twice (or reloading) is harmless. Where something cleared SeqIO's registry after the
+import (test fixtures, notebooks), `tasks.register_all()` registers everything again.
 
 Registered here:
   pydocs_{ul2_mod,ul2r_mod,span_corruption,prefix_lm,causal_lm}_v1   embedded corpus
