@@ -257,3 +257,19 @@ def test_infer_batches_of_a_finetuning_task_keep_the_text():
   assert all(e["targets_pretokenized"] in labels for e in ex1 + ex2)
   assert all(e["inputs_pretokenized"].startswith("topic: ") for e in ex1)
   assert b2["decoder_loss_weights"][2:].sum() == 0
+
+
+def test_tf_checkpoint_restore_is_exact(numbers_task, tmp_path):
+  straight = _get(numbers_task)
+  want = [next(straight) for _ in range(9)]
+  first = _get(numbers_task)
+  for _ in range(4):
+    next(first)
+  path = first.save_checkpoint(str(tmp_path / "data" / "ckpt"))
+  resumed = _get(numbers_task)
+  resumed.restore_checkpoint(path)
+  assert resumed.state()["batches"] == 4
+  for w in want[4:]:
+    got = next(resumed)
+    for key in w:
+      np.testing.assert_array_equal(got[key], w[key], err_msg=key)
