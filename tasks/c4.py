@@ -38,6 +38,7 @@ def register(
   name_prefix: str = "c4",
   objectives: Mapping[str, Sequence] | None = None,
   mode_prefix: str = "text",
+  mode_token_ids: Mapping[str, int] | None = None,
 ) -> list[str]:
   """Registers the pretraining objectives over TFDS `c4/en:<version>`.
 
@@ -49,6 +50,7 @@ def register(
     name_prefix: task names are `<name_prefix>_<objective>_v1`.
     objectives: objective name -> denoisers (default: all of `tasks.pretraining.OBJECTIVES`).
     mode_prefix: "text" or "token".
+    mode_token_ids: {mode: id} for "token" (ids in the extra-id range reduce the sentinels).
 
   Returns:
     The registered task names.
@@ -59,5 +61,10 @@ def register(
     tfds_name=f"c4/en:{version}", splits={"train": "train", "validation": "validation"}
   )
   return pretraining.register_objectives(
-    name_prefix, source, vocabulary, objectives_map=objectives, mode_prefix=mode_prefix
+    name_prefix,
+    source,
+    vocabulary,
+    objectives_map=objectives,
+    mode_prefix=mode_prefix,
+    mode_token_ids=mode_token_ids,
   )

@@ -61,7 +61,10 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 
 
 def denoising_preprocessors(
-  denoisers: Sequence, text_key: str = "text", mode_prefix: str = "text"
+  denoisers: Sequence,
+  text_key: str = "text",
+  mode_prefix: str = "text",
+  mode_token_ids: Mapping[str, int] | None = None,
 ) -> list:
   """The preprocessor chain that turns raw documents into MoD examples.
 
@@ -70,6 +73,7 @@ def denoising_preprocessors(
     text_key: the source feature holding the document text.
     mode_prefix: "text" (mode prefix encoded as text, what released UL2 checkpoints saw) or
       "token" (one reserved token per mode).
+    mode_token_ids: for "token": {mode: id}, e.g. {"[NLU]": 8000, "[NLG]": 8001, "[S2S]": 8002}.
 
   Returns:
     A list of SeqIO preprocessors.
@@ -78,7 +82,10 @@ def denoising_preprocessors(
     functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_key}),
     seqio.preprocessors.tokenize,
     functools.partial(
-      objectives.mixture_of_denoisers, denoisers=tuple(denoisers), mode_prefix=mode_prefix
+      objectives.mixture_of_denoisers,
+      denoisers=tuple(denoisers),
+      mode_prefix=mode_prefix,
+      mode_token_ids=dict(mode_token_ids) if mode_token_ids else None,
     ),
     seqio.preprocessors.append_eos_after_trim,
   ]
@@ -89,6 +96,7 @@ def validate(
   name: str,
   *,
   mode_prefix: str = "text",
+  mode_token_ids: Mapping[str, int] | None = None,
   vocabulary: seqio.Vocabulary | None = None,
   sequence_length: Mapping[str, int] | None = None,
 ) -> None:
@@ -103,6 +111,7 @@ def validate(
     denoisers: the mixture.
     name: task name, for the error message.
     mode_prefix: "text" or "token".
+    mode_token_ids: {mode: id} for "token".
     vocabulary: the task's vocabulary (needed with `sequence_length`).
     sequence_length: feature lengths to plan for, optional.
 
@@ -115,6 +124,7 @@ def validate(
       vocabulary=vocabulary if sequence_length is not None else None,
       sequence_length=sequence_length,
       mode_prefix=mode_prefix,
+      mode_token_ids=mode_token_ids,
     )
   except ValueError as e:
     raise ValueError(f"task {name!r}: {e}") from e
@@ -128,6 +138,7 @@ def register_objectives(
   text_key: str = "text",
   objectives_map: Mapping[str, Sequence] | None = None,
   mode_prefix: str = "text",
+  mode_token_ids: Mapping[str, int] | None = None,
   version: str = VERSION,
   check_lengths: Mapping[str, int] | None = None,
 ) -> list[str]:
@@ -140,6 +151,7 @@ def register_objectives(
     text_key: the source's text feature.
     objectives_map: objective name -> denoisers; default `OBJECTIVES` (all five).
     mode_prefix: "text" or "token" (see `denoising_preprocessors`).
+    mode_token_ids: {mode: id} for "token".
     version: version suffix of the names.
     check_lengths: if given, plan each objective for these feature lengths now (loads the
       vocabulary) so bad lengths fail at registration.
@@ -154,12 +166,17 @@ def register_objectives(
   for objective, denoisers in (objectives_map or OBJECTIVES).items():
     name = f"{name_prefix}_{objective}_{version}"
     validate(
-      denoisers, name, mode_prefix=mode_prefix, vocabulary=vocabulary, sequence_length=check_lengths
+      denoisers,
+      name,
+      mode_prefix=mode_prefix,
+      mode_token_ids=mode_token_ids,
+      vocabulary=vocabulary,
+      sequence_length=check_lengths,
     )
     register_task(
       name,
       source=source,
-      preprocessors=denoising_preprocessors(denoisers, text_key, mode_prefix),
+      preprocessors=denoising_preprocessors(denoisers, text_key, mode_prefix, mode_token_ids),
       output_features=output_features(vocabulary),
       metric_fns=[],
     )

@@ -54,6 +54,7 @@ def register_text_files(
   vocabulary: seqio.Vocabulary | str | None = None,
   objectives: Mapping[str, Sequence] | None = None,
   mode_prefix: str = "text",
+  mode_token_ids: Mapping[str, int] | None = None,
   extra_ids: int = 100,
 ) -> list[str]:
   """Registers `<name_prefix>_<objective>_v1` for each objective over local or remote files.
@@ -67,6 +68,7 @@ def register_text_files(
       for the embedded corpus's vocabulary.
     objectives: objective name -> denoisers; default all of `tasks.pretraining.OBJECTIVES`.
     mode_prefix: "text" or "token".
+    mode_token_ids: {mode: id} for "token" (ids in the extra-id range reduce the sentinels).
     extra_ids: extra ids added to a vocabulary given as a path.
 
   Returns:
@@ -90,7 +92,12 @@ def register_text_files(
     vocabulary = seqio.SentencePieceVocabulary(vocabulary, extra_ids=extra_ids)
   source = seqio.TextLineDataSource(split_to_filepattern=splits)
   names = pretraining.register_objectives(
-    name_prefix, source, vocabulary, objectives_map=objectives, mode_prefix=mode_prefix
+    name_prefix,
+    source,
+    vocabulary,
+    objectives_map=objectives,
+    mode_prefix=mode_prefix,
+    mode_token_ids=mode_token_ids,
   )
   # TextLineDataSource yields bare strings: turn them into documents before the shared chain.
   for name in names:

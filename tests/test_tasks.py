@@ -189,11 +189,15 @@ def test_register_text_files(tmp_path):
     "mytext", {"train": str(tmp_path / "a.txt"), "validation": str(tmp_path / "val.txt")}
   )
   assert names == [f"mytext_{o}_v1" for o in OBJECTIVE_NAMES]
-  task = seqio.get_mixture_or_task("mytext_span_corruption_v1")
+  task = seqio.get_mixture_or_task("mytext_causal_lm_v1")
   exs = list(task.get_dataset(LENGTHS, split="validation", shuffle=False).as_numpy_iterator())
-  assert len(exs) == 10
   v = task.output_features["targets"].vocabulary
-  assert "Document number 3" in v.decode(np.concatenate([e["inputs"] for e in exs]).tolist())
+  text = " ".join(v.decode(e["targets"].tolist()) for e in exs)
+  # The 10 validation lines (not the training ones) are what the task reads.
+  assert text.count("Document number 3") >= 3 and "Document number 0 " not in text
+  span = seqio.get_mixture_or_task("mytext_span_corruption_v1")
+  ex = next(span.get_dataset(LENGTHS, split="validation", shuffle=False).as_numpy_iterator())
+  assert ex["targets"][0] == 8099  # <extra_id_0> starts the span targets
 
   (tmp_path / "d.jsonl").write_text(
     "\n".join(json.dumps({"body": line, "id": i}) for i, line in enumerate(lines)) + "\n"
@@ -250,3 +254,29 @@ def test_finetune_mode_is_configurable():
   assert list(ex["inputs"][:3]) == v.encode("[S2S]")[:3]
   with pytest.raises(ValueError, match="mode='<X>'"):
     finetune.register_pydocs_topic(mode="<X>")
+
+
+def test_mode_as_reserved_token():
+  ids = {"[NLU]": 8000, "[NLG]": 8001, "[S2S]": 8002}
+  names = pretraining.register_objectives(
+    "test_tok",
+    corpus_source(),
+    vocab.default_vocabulary(),
+    mode_prefix="token",
+    mode_token_ids=ids,
+    objectives_map={"ul2r_mod": objectives.UL2R_DENOISERS},
+  )
+  task = seqio.get_mixture_or_task(names[0])
+  ds = task.get_dataset({"inputs": 512, "targets": 512}, split="validation", shuffle=False, seed=0)
+  for ex in ds.take(20).as_numpy_iterator():
+    d = objectives.UL2R_DENOISERS[int(ex["denoiser_id"])]
+    assert ex["inputs"][0] == ids[d.mode]
+    assert not set(ex["targets"].tolist()) & {8000, 8001, 8002}  # not used as sentinels
+  with pytest.raises(ValueError, match="test_tok2_ul2r_mod_v1"):
+    pretraining.register_objectives(
+      "test_tok2",
+      corpus_source(),
+      vocab.default_vocabulary(),
+      mode_prefix="token",
+      objectives_map={"ul2r_mod": objectives.UL2R_DENOISERS},
+    )
