@@ -304,7 +304,12 @@ def test_packs_through_seqio_feature_converters(vocab, converter, expected):
   # Short documents make short examples, so packing must put several in one row.
   docs = U.synthetic_docs(200, 6, lo=20, hi=300)
   ds = objectives.mixture_of_denoisers(
-    U.docs_dataset(docs), U.LENGTHS, U.features(vocab), objectives.UL2_DENOISERS, seed=0
+    U.docs_dataset(docs),
+    U.LENGTHS,
+    U.features(vocab),
+    objectives.UL2_DENOISERS,
+    seed=0,
+    concatenate_documents=False,
   )
   ds = seqio.preprocessors.append_eos_after_trim(ds, U.features(vocab), U.LENGTHS)
   packed = converter(ds, U.LENGTHS)

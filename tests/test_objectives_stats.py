@@ -124,25 +124,52 @@ def test_span_statistics_sentinels_and_reconstruction(ul2_run, vocab):
     assert 0 < last_noise < len(by[k]), (d.name, last_noise)
 
 
-def test_reconstruction_gives_back_the_documents(ul2_run, vocab):
-  """Concatenating the reconstructed chunks, in order, gives back each document."""
-  docs, examples = ul2_run
-  size = vocab.vocab_size
-  doc_i, offset = 0, 0
+def _chunks(examples, vocab):
+  """Each example's original chunk, rebuilt from inputs and targets."""
   for ex in examples:
     d = objectives.UL2_DENOISERS[int(ex["denoiser_id"])]
-    plen = len(vocab.encode(d.mode))
-    inputs, targets = _strip(ex, plen, vocab.eos_id)
+    inputs, targets = _strip(ex, len(vocab.encode(d.mode)), vocab.eos_id)
     if d.kind == "span":
-      chunk = U.reconstruct(inputs, targets, size)
+      yield d.name, U.reconstruct(inputs, targets, vocab.vocab_size)
     else:
-      chunk = np.concatenate([inputs, targets])
+      yield d.name, np.concatenate([inputs, targets])
+
+
+def test_reconstruction_gives_back_the_documents(ul2_run, vocab):
+  """Default (concatenated documents): the rebuilt chunks, in order, are the token
+  stream of all documents, except a 1-token tail at the end of a document batch."""
+  docs, examples = ul2_run
+  stream = np.concatenate(docs)
+  batch = objectives.mixture.DEFAULT_BATCH_SIZE
+  batch_ends = set(np.cumsum([len(d) for d in docs])[batch - 1 :: batch] - 1)
+  offset = 0
+  for name, chunk in _chunks(examples, vocab):
+    if offset in batch_ends and not np.array_equal(chunk, stream[offset : offset + len(chunk)]):
+      offset += 1  # the dropped 1-token tail
+    np.testing.assert_array_equal(chunk, stream[offset : offset + len(chunk)], name)
+    offset += len(chunk)
+  assert offset > 0.9 * sum(len(d) for d in docs[: len(docs) // 2])
+
+
+def test_reconstruction_per_document(vocab):
+  """concatenate_documents=False: chunks never cross documents; each document is rebuilt."""
+  docs = U.synthetic_docs(400, 11)
+  ds = objectives.mixture_of_denoisers(
+    U.docs_dataset(docs), U.LENGTHS, U.features(vocab), seed=0, concatenate_documents=False
+  )
+  ds = seqio.preprocessors.append_eos_after_trim(ds, U.features(vocab), U.LENGTHS)
+  examples = list(ds.as_numpy_iterator())
+  doc_i, offset = 0, 0
+  for name, chunk in _chunks(examples, vocab):
     if len(docs[doc_i]) - offset < objectives.MIN_CHUNK_LENGTH:
       doc_i, offset = doc_i + 1, 0  # a 1-token tail is dropped
-    np.testing.assert_array_equal(chunk, docs[doc_i][offset : offset + len(chunk)], d.name)
+    np.testing.assert_array_equal(chunk, docs[doc_i][offset : offset + len(chunk)], name)
     offset += len(chunk)
     if offset == len(docs[doc_i]):
       doc_i, offset = doc_i + 1, 0
+  if doc_i < len(docs) and len(docs[doc_i]) - offset < objectives.MIN_CHUNK_LENGTH:
+    doc_i += 1
+  assert doc_i == len(docs)  # every document was used up
 
 
 def test_s_denoiser_target_fraction_is_the_documented_mean(ul2_run, vocab):

@@ -5,11 +5,13 @@ planned chunk of any denoiser.
 
 Span corruption follows T5's format: each noise span is replaced in `inputs` by one
 sentinel, and `targets` lists every span after its sentinel; sentinel k is
-`vocab_size - 1 - k` (`<extra_id_k>`). The mask is drawn as in T5's random segmentation
-(the noise tokens and the non-noise tokens are each split into `n` non-empty runs,
-uniformly over compositions, and interleaved) and then rotated by a random offset so that
-the chunk does not always end in noise. The offset is drawn among the cut points that do
-not split a noise span, so the example has exactly `n` spans, the count planned for.
+`vocab_size - 1 - k` (`<extra_id_k>`), numbered in reading order. The mask is drawn as
+in T5's random segmentation: the noise tokens and the non-noise tokens are each split
+into `n` non-empty runs (cut points drawn uniformly, see `_sorted_cuts`) and interleaved,
+non-noise first. The layout is then rotated by a random offset so that a chunk does not
+always end in noise (T5 without `random_roll` always does). The offset is drawn among
+the non-noise positions and the span starts, never inside a span, so no span wraps and
+the example has exactly `n` spans, the count the length planning allowed for.
 """
 
 from __future__ import annotations

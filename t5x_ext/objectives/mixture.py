@@ -4,7 +4,8 @@ Documents are batched and every step below runs on the whole batch with vectoriz
 ops (no Python and no tf.data stage per example, which is where per-example pipelines
 spend their time):
 
-1. `chunk_documents`: draw a sequence of denoisers by rate for each document and cut it
+1. `chunk_documents`: draw a sequence of denoisers by rate for each document (by default
+   the concatenation of the batch's documents, as T5's `reduce_concat_tokens`) and cut it
    into consecutive chunks whose lengths are the drawn denoisers' planned chunk lengths
    (`planning.py`). Each chunk becomes one example, so example frequencies follow the
    rates (the number of chunks is a stopping time, so Wald's identity keeps the expected
@@ -39,8 +40,9 @@ from t5x_ext.objectives.planning import (
 
 MODE_PREFIX_OPTIONS = ("text", "token")
 
-# Documents processed together. Larger batches amortize TF's per-op overhead.
-DEFAULT_BATCH_SIZE = 32
+# Documents processed together. Larger batches amortize TF's per-op overhead; past ~64
+# the gain is small and latency grows.
+DEFAULT_BATCH_SIZE = 64
 
 
 def mode_prefix_tokens(
@@ -161,6 +163,7 @@ def mixture_of_denoisers(
   mode_prefix: str = "text",
   mode_token_ids: Mapping[str, int] | None = None,
   seed: int | None = None,
+  concatenate_documents: bool = True,
   batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> tf.data.Dataset:
   """SeqIO preprocessor: tokenized documents in, Mixture-of-Denoisers examples out.
@@ -188,8 +191,13 @@ def mixture_of_denoisers(
     mode_token_ids: {mode: id} for "token".
     seed: if set, overrides SeqIO's seed for this preprocessor (`seqio.map_seed_manager`).
       With SeqIO's `get_dataset(seed=...)`, leave it None.
-    batch_size: documents processed per vectorized step (performance only; the examples
-      depend on it only through which documents share a random stream).
+    concatenate_documents: chunk the concatenation of each batch of documents (as T5's
+      `reduce_concat_tokens` and the UL2 appendix do), so chunks are full length except
+      at batch ends; if False, chunks never cross a document boundary and each document
+      ends in a shorter chunk.
+    batch_size: documents processed per vectorized step (the examples depend on it
+      through which documents share a random stream and, when concatenating, where the
+      stream is cut).
 
   Returns:
     A dataset of {"inputs": int32 [n], "targets": int32 [m], "denoiser_id": int32 []}
@@ -219,15 +227,20 @@ def mixture_of_denoisers(
   chunk_lengths = np.asarray([p.chunk_length for p in plans], np.int32)
   min_chunk = int(chunk_lengths[rates > 0].min())
 
-  def denoise_documents(docs: tf.RaggedTensor, seed: tf.Tensor) -> dict[str, Any]:
+  def denoise_documents(batch: Mapping[str, Any], seed: tf.Tensor) -> dict[str, Any]:
+    docs = batch["targets"]
+    if not isinstance(docs, tf.RaggedTensor):  # a batch of equal-length documents
+      docs = tf.RaggedTensor.from_tensor(docs)
     # The batch's tokens are mixed into its seed, so SeqIO shards, which receive the same
     # seed stream, still draw differently.
     flat = tf.cast(docs.flat_values, tf.int32)
     seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), _doc_fingerprint(flat))
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    chunks, ids = chunk_documents(
-      docs.with_flat_values(flat), logits, chunk_lengths, min_chunk, seeds[0]
-    )
+    if concatenate_documents:
+      docs = tf.RaggedTensor.from_row_lengths(flat, tf.shape(flat, tf.int64), validate=False)
+    else:
+      docs = docs.with_flat_values(flat)
+    chunks, ids = chunk_documents(docs, logits, chunk_lengths, min_chunk, seeds[0])
     out = corruption.build_examples(chunks, ids, spec, seeds[1])
     if not emit_inputs:
       out.pop("inputs")
@@ -236,9 +249,15 @@ def mixture_of_denoisers(
   scope = seqio.map_seed_manager(seed) if seed is not None else contextlib.nullcontext()
   with scope:
     denoiser = seqio.map_over_dataset(denoise_documents, num_seeds=1)
-    ds = dataset.map(lambda ex: ex["targets"], num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.ragged_batch(batch_size)
-    ds = denoiser(ds).unbatch()
+    if set(dataset.element_spec) != {"targets"}:
+      # Drop the other features before batching (they may not batch, and are not used).
+      dataset = dataset.map(
+        lambda ex: {"targets": ex["targets"]}, num_parallel_calls=tf.data.AUTOTUNE
+      )
+    ds = dataset.ragged_batch(batch_size)
+    # Prefetch so that batches are denoised in parallel with the per-example stages
+    # downstream (unbatch, append_eos_after_trim, packing).
+    ds = denoiser(ds).prefetch(tf.data.AUTOTUNE).unbatch()
   return ds
 
 

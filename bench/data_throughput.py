@@ -1,0 +1,258 @@
+"""Throughput of the UL2 Mixture-of-Denoisers data pipeline vs. the UL2 paper's appendix.
+
+Usage:
+  python bench/data_throughput.py [--examples 20000] [--rounds 2] [--inputs 512 --targets 512]
+
+Prints one JSON object on stdout (progress on stderr):
+  {"mixture_of_denoisers": {"with_eos": {"examples_per_s", "tokens_per_s",
+                                         "examples_per_cpu_s", ...},
+                            "preprocessor_only": {...}},
+   "appendix_t5": {...same...} or {"skipped": "<why>"},
+   "speedup": {"with_eos": {...ratios...}, "preprocessor_only": {...}}, ...}
+
+Both pipelines read the same documents, already tokenized in memory with the same
+vocabulary (tokenizing is the same work for both and not what is compared). "with_eos"
+ends both with `seqio.preprocessors.append_eos_after_trim`, as tasks do;
+"preprocessor_only" leaves out that shared per-example step. Rounds alternate between the
+pipelines and the best round of each is reported. `examples_per_cpu_s` divides by the
+process's CPU time instead of wall time: on a machine shared with other jobs it measures
+the work each pipeline does, where wall time also measures how many threads each gets.
+
+The corpus is the embedded CPython-docs corpus of `tasks` with its vocabulary; without
+`tasks` it falls back to `pydoc_data` topics and the shared 32K SentencePiece model.
+
+The appendix pipeline follows the code in the appendix of Tay et al. 2022 (UL2): random
+chunks of at most 65,536 tokens concatenated 128 at a time, then one
+`t5.data.preprocessors.denoise` branch per span denoiser (chunk lengths from
+`random_spans_helper`, masks from `random_spans_noise_mask`, sentinels from
+`noise_span_to_unique_sentinel`), a prefix-LM branch (`random_prefix_noise_mask`, uniform
+split), the mode prefix prepended per branch, and the branches mixed by rate. It needs
+`pip install --no-deps t5==0.9.4` plus babel, sacrebleu, scikit-learn and rouge-score
+(the `bench` extra); without them it is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SPM32K = REPO.parent / "shared" / "data" / "spm" / "spm32k.model"
+
+
+def log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def load_corpus():
+  """Returns (token arrays, vocabulary, description) for the benchmark corpus."""
+  import numpy as np
+  import seqio
+
+  try:
+    from tasks import corpus, vocab
+
+    texts = [d["text"] for d in corpus.split_documents("train")]
+    vocabulary = vocab.default_vocabulary()
+    name = "tasks embedded pydocs corpus (train) + its SentencePiece vocabulary"
+  except ImportError as e:  # the tasks package is not there (or broken): fall back
+    log(f"tasks unavailable ({e}); falling back to pydoc_data + spm32k")
+    import pydoc_data.topics
+
+    if not SPM32K.exists():
+      raise SystemExit(f"no corpus: neither `tasks` nor {SPM32K} is available") from e
+    texts = list(pydoc_data.topics.topics.values())
+    vocabulary = seqio.SentencePieceVocabulary(str(SPM32K), extra_ids=100)
+    name = "pydoc_data.topics + spm32k"
+  ids = vocabulary.tokenizer.encode(texts)  # one batched SentencePiece call
+  docs = [np.asarray(x, np.int32) for x in ids if len(x) >= 2]
+  return docs, vocabulary, name
+
+
+def docs_dataset(docs):
+  """An endless dataset of {"targets": int32 [n]} over the in-memory documents."""
+  import tensorflow as tf
+
+  ragged = tf.RaggedTensor.from_row_lengths(
+    tf.concat([tf.constant(d) for d in docs], 0), [len(d) for d in docs]
+  )
+  return tf.data.Dataset.from_tensor_slices({"targets": ragged}).repeat()
+
+
+def ours(docs, lengths, features, eos=True):
+  """The t5x_ext pipeline: mixture_of_denoisers (+ append_eos_after_trim)."""
+  import seqio
+
+  from t5x_ext import objectives
+
+  ds = objectives.mixture_of_denoisers(docs_dataset(docs), lengths, features, seed=0)
+  return seqio.preprocessors.append_eos_after_trim(ds, features, lengths) if eos else ds
+
+
+def appendix(docs, lengths, features, eos=True):
+  """The UL2 appendix pipeline on the `t5` package's preprocessors (see module doc)."""
+  import seqio
+  import tensorflow as tf
+  from t5.data import preprocessors as t5p
+
+  from t5x_ext import objectives
+
+  vocabulary = features["inputs"].vocabulary
+  denoisers = objectives.UL2_DENOISERS
+  rates = objectives.normalized_rates(denoisers)
+
+  def prepend(ds, mode):
+    ids = tf.constant(vocabulary.encode(mode), tf.int32)
+    return ds.map(
+      lambda ex: {**ex, "inputs": tf.concat([ids, tf.cast(ex["inputs"], tf.int32)], 0)},
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+  branches = []
+  with seqio.map_seed_manager(0):
+    for d in denoisers:
+      # Each branch reads its own copy of the stream (the appendix's `shard_ds=False`):
+      # `shard` would make every branch read and skip 6 of 7 documents.
+      ds = docs_dataset(docs)
+      ds = t5p.select_random_chunk(ds, features, max_length=65536, feature_key="targets")
+      ds = t5p.reduce_concat_tokens(ds, feature_key="targets", batch_size=128)
+      if d.kind == "span":
+        tokens_length, _ = t5p.random_spans_helper(
+          inputs_length=lengths["inputs"],
+          noise_density=d.noise_density,
+          mean_noise_span_length=d.mean_span_length,
+          extra_tokens_per_span_inputs=1,
+          extra_tokens_per_span_targets=1,
+        )
+        ds = t5p.split_tokens(ds, max_tokens_per_segment=tokens_length)
+        ds = t5p.denoise(
+          ds,
+          features,
+          noise_density=d.noise_density,
+          noise_mask_fn=functools.partial(
+            t5p.random_spans_noise_mask, mean_noise_span_length=d.mean_span_length
+          ),
+          inputs_fn=t5p.noise_span_to_unique_sentinel,
+          targets_fn=t5p.nonnoise_span_to_unique_sentinel,
+        )
+      else:
+        ds = t5p.split_tokens(ds, max_tokens_per_segment=lengths["inputs"] - 1)
+        ds = t5p.denoise(
+          ds,
+          features,
+          noise_density=0.5,
+          noise_mask_fn=t5p.random_prefix_noise_mask,
+          inputs_fn=t5p.drop_nonnoise_tokens,
+          targets_fn=t5p.drop_noise_tokens,
+        )
+      branches.append(prepend(ds, d.mode))
+  ds = tf.data.Dataset.sample_from_datasets(branches, weights=rates, seed=0)
+  return seqio.preprocessors.append_eos_after_trim(ds, features, lengths) if eos else ds
+
+
+def measure(make, n_examples: int, warmup: int = 1000, batch: int = 1000) -> dict:
+  """Runs a fresh pipeline, consumed in ragged batches of `batch` examples (as a feature
+  converter or trainer would; per-example Python would dominate otherwise): `warmup`
+  examples untimed, then `n_examples` timed. Reports wall-clock and CPU-time rates; the
+  latter (all threads of this process) is robust to other load on the machine."""
+  import numpy as np
+
+  it = iter(make().ragged_batch(batch))
+  for _ in range(max(warmup // batch, 1)):
+    next(it)
+  examples = tokens = 0
+  wall, cpu = time.perf_counter(), time.process_time()
+  while examples < n_examples:
+    b = next(it)
+    examples += int(b["targets"].nrows())
+    tokens += int(np.size(b["inputs"].flat_values) + np.size(b["targets"].flat_values))
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  return {
+    "examples_per_s": examples / wall,
+    "tokens_per_s": tokens / wall,
+    "examples_per_cpu_s": examples / cpu,
+    "seconds": wall,
+    "examples": examples,
+    "mean_tokens_per_example": tokens / examples,
+  }
+
+
+def main() -> None:
+  """Runs the benchmark and prints the JSON report."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--examples", type=int, default=20000, help="timed examples per round")
+  parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+  parser.add_argument("--inputs", type=int, default=512)
+  parser.add_argument("--targets", type=int, default=512)
+  flags = parser.parse_args()
+
+  import seqio
+  import tensorflow as tf
+
+  docs, vocabulary, corpus_name = load_corpus()
+  lengths = {"inputs": flags.inputs, "targets": flags.targets}
+  features = {"inputs": seqio.Feature(vocabulary), "targets": seqio.Feature(vocabulary)}
+  log(f"corpus: {corpus_name}: {len(docs)} documents, {sum(map(len, docs))} tokens")
+
+  try:
+    import t5.data.preprocessors  # noqa: F401
+
+    have_t5, why = True, ""
+  except Exception as e:  # ImportError or a broken dependency of t5
+    have_t5, why = False, f"t5 not importable: {type(e).__name__}: {e}"
+
+  pipelines = {"mixture_of_denoisers": ours}
+  if have_t5:
+    pipelines["appendix_t5"] = appendix
+  # "with_eos": the task's full output (both end with append_eos_after_trim, a per-example
+  # map whose cost is the same for both); "preprocessor_only": without that shared step.
+  results = {(name, v): [] for name in pipelines for v in ("with_eos", "preprocessor_only")}
+  for r in range(flags.rounds):
+    for (name, variant), runs in results.items():
+      log(f"round {r + 1}/{flags.rounds}: {name} {variant}")
+      make = functools.partial(pipelines[name], docs, lengths, features, eos=variant == "with_eos")
+      runs.append(measure(make, flags.examples))
+
+  report = {
+    "corpus": corpus_name,
+    "documents": len(docs),
+    "vocab_size": vocabulary.vocab_size,
+    "sequence_length": lengths,
+    "cpu_count": os.cpu_count(),
+    "load_average_1min": os.getloadavg()[0],
+    "tensorflow": tf.__version__,
+    "rounds": flags.rounds,
+  }
+  for name in ("mixture_of_denoisers", "appendix_t5"):
+    if name not in pipelines:
+      report[name] = {"skipped": why}
+      continue
+    report[name] = {
+      v: max(results[name, v], key=lambda x: x["examples_per_s"])
+      for v in ("with_eos", "preprocessor_only")
+    }
+  if have_t5:
+    ours_r, base = report["mixture_of_denoisers"], report["appendix_t5"]
+    report["speedup"] = {
+      v: {
+        "examples_per_s": ours_r[v]["examples_per_s"] / base[v]["examples_per_s"],
+        "tokens_per_s": ours_r[v]["tokens_per_s"] / base[v]["tokens_per_s"],
+        "examples_per_cpu_s": ours_r[v]["examples_per_cpu_s"] / base[v]["examples_per_cpu_s"],
+      }
+      for v in ("with_eos", "preprocessor_only")
+    }
+  print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+  main()
