@@ -87,9 +87,9 @@ class BaseModel:
   # ---- batches ---------------------------------------------------------------------
 
   def validate_batch(self, batch: Batch) -> None:
-    """Checks a concrete (host) batch: required features and token ids.
+    """Checks a batch: required features, and the token ids of its numpy arrays.
 
-    Traced values (inside `jax.jit` / `jax.eval_shape`) are not checked.
+    Device arrays and traced values (inside `jax.jit` / `jax.eval_shape`) are not read.
 
     Args:
       batch: a feature-converted batch.
@@ -105,11 +105,11 @@ class BaseModel:
   def _check_token_ids(self, batch: Batch) -> None:
     for name in self._network_features:
       value = batch.get(name)
-      if not name.endswith("_tokens") or value is None:
+      # Only host arrays: reading a device array would cost a transfer (and is impossible
+      # for a global array spread over hosts); traced values have no contents.
+      if not name.endswith("_tokens") or not isinstance(value, np.ndarray):
         continue
-      if isinstance(value, jax.core.Tracer | jax.ShapeDtypeStruct):
-        continue
-      arr = np.asarray(value)
+      arr = value
       if arr.size and (arr.max() >= self.config.vocab_size or arr.min() < 0):
         raise ValueError(
           f"batch[{name!r}] has token ids in [{arr.min()}, {arr.max()}] but "
