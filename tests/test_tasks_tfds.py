@@ -114,5 +114,5 @@ def test_c4_ul2_with_embedded_vocabulary_under_mock_data():
     exs = list(
       task.get_dataset({"inputs": 512, "targets": 512}, split="validation").as_numpy_iterator()
     )
-  assert len(exs) >= 10
-  assert all(ex["targets"].max() < 8100 for ex in exs)
+  assert exs  # short mock documents may be joined into fewer chunks
+  assert all(ex["targets"].max() < 8100 and ex["targets"][-1] == 1 for ex in exs)
