@@ -36,7 +36,17 @@ EXTRAS = {
         "transformers==5.24.0",
         "safetensors>=0.4",
     ],
-    "bench": ["psutil>=5.9"],
+    # babel..rouge-score make `t5.data.preprocessors` importable for the UL2-appendix
+    # baseline of bench/data_throughput.py; t5 itself must be installed without its
+    # dependencies (they include tfds-nightly, which clashes with tensorflow-datasets):
+    # `pip install --no-deps t5==0.9.4`.
+    "bench": [
+        "psutil>=5.9",
+        "babel==2.19.0",
+        "sacrebleu==2.6.0",
+        "scikit-learn==1.9.1",
+        "rouge-score==0.1.2",
+    ],
     "notebooks": ["nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8", "nbformat>=5.10"],
     "hf": ["safetensors>=0.4"],
 }
