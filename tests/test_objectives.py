@@ -194,6 +194,27 @@ def test_decoder_only_causal_lm_needs_only_targets(vocab):
   )
 
 
+@pytest.mark.parametrize("concatenate", [True, False])
+def test_tiny_and_empty_documents(vocab, concatenate):
+  docs = [np.zeros([0], np.int32), np.asarray([7], np.int32), np.asarray([8, 9], np.int32)]
+  docs += [np.arange(10, 13, dtype=np.int32)]
+  ds = objectives.mixture_of_denoisers(
+    U.docs_dataset(docs), U.LENGTHS, U.features(vocab), seed=0, concatenate_documents=concatenate
+  )
+  exs = list(ds.as_numpy_iterator())
+  # Concatenated: one 6-token chunk; per document: [8, 9] and [10, 11, 12].
+  assert len(exs) == (1 if concatenate else 2)
+  for ex in exs:
+    assert len(ex["targets"]) >= 1
+  empty = objectives.mixture_of_denoisers(U.docs_dataset([]), U.LENGTHS, U.features(vocab))
+  assert list(empty.as_numpy_iterator()) == []
+
+
+def test_sequence_length_is_required(vocab):
+  with pytest.raises(ValueError, match="sequence_length"):
+    objectives.mixture_of_denoisers(U.docs_dataset([]), None, U.features(vocab))
+
+
 # --- prefixes --------------------------------------------------------------------------
 
 

@@ -207,6 +207,11 @@ def mixture_of_denoisers(
     ValueError: see `validate_denoisers`.
   """
   denoisers = tuple(denoisers)
+  if sequence_length is None:
+    raise ValueError(
+      "mixture_of_denoisers plans its chunk lengths from sequence_length, e.g. "
+      "{'inputs': 512, 'targets': 512}; got None."
+    )
   vocab_feature = "inputs" if "inputs" in output_features else "targets"
   vocabulary = output_features[vocab_feature].vocabulary
   plans = validate_denoisers(
