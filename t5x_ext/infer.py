@@ -4,8 +4,11 @@
 TASK_FEATURE_LENGTHS. It decodes every example of a split with the newest checkpoint in
 MODEL_DIR (or CHECKPOINT_PATH) and writes one JSON object per example:
 
-  {"index": 0, "inputs": "...", "targets": "...", "prediction": "...",
-   "prediction_ids": [...], "score": -12.3}
+  {"index": 0, "inputs": "[NLU] ...", "targets": "...", "prediction": "...",
+   "prediction_ids": [...], "inputs_pretokenized": "...", "score": -12.3}
+
+(`inputs` is decoded from the ids the model read, so it shows the mode prefix; `score` only
+with `with_scores=True`).
 
 to MODEL_DIR/inference/<task>-<split>.jsonl (or OUTPUT_FILE); with several processes each
 writes its own shard, `...-00000-of-00002.jsonl`. Usable from Python: `infer(model=..., ...)`.
@@ -161,13 +164,18 @@ def infer(
         ids = [int(t) for t in pred[i]]
         if 1 in ids:
           ids = ids[: ids.index(1) + 1]
+        # `inputs` is what the model read (mode prefix included); the task's raw text, when
+        # it keeps one, is `inputs_pretokenized`.
         record = {
           "index": index,
-          "inputs": ex.get("inputs_pretokenized", run_data.decode_ids(vocab, ex.get("inputs", []))),
-          "targets": ex.get("targets_pretokenized", ""),
+          "inputs": run_data.decode_ids(vocab, ex.get("inputs", [])),
+          "targets": ex.get("targets_pretokenized")
+          or run_data.decode_ids(vocab, ex.get("targets", [])),
           "prediction": run_data.decode_ids(vocab, ids),
           "prediction_ids": ids,
         }
+        if "inputs_pretokenized" in ex:
+          record["inputs_pretokenized"] = ex["inputs_pretokenized"]
         if scores is not None:
           record["score"] = float(scores[i])
         f.write(json.dumps(record) + "\n")
