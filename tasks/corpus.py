@@ -25,6 +25,8 @@ import sysconfig
 import tempfile
 import zlib
 
+import seqio
+
 # Parts of the standard library that are tests, demos or GUI code rather than prose.
 # The codec modules in `encodings` are ~100 near-identical generated files.
 _SKIP_TOP = frozenset(
@@ -222,3 +224,24 @@ def text_dataset(split: str, shuffle_files: bool = False, seed: int | None = Non
   return tf.data.Dataset.from_tensor_slices(
     {"text": [d["text"] for d in docs], "source": [d["source"] for d in docs]}
   )
+
+
+class InMemorySource(seqio.FunctionDataSource):
+  """A `seqio.FunctionDataSource` for corpora built in memory (one "file", fixed order).
+
+  SeqIO warns on every shuffled read of a function source that file-level shuffling is
+  missing; with one in-memory shard there are no files to shuffle (SeqIO still shuffles the
+  examples), so this source reads unshuffled and stays quiet.
+
+  Args:
+    dataset_fn: `(split, shuffle_files, seed) -> tf.data.Dataset`.
+    splits: the split names.
+  """
+
+  def __init__(self, dataset_fn, splits):
+    super().__init__(dataset_fn=dataset_fn, splits=splits, caching_permitted=False)
+
+  def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kwargs):
+    """See `seqio.FunctionDataSource.get_dataset`; `shuffle` has nothing to shuffle here."""
+    del shuffle
+    return super().get_dataset(split, shuffle=False, seed=seed, shard_info=shard_info, **kwargs)

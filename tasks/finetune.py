@@ -258,7 +258,7 @@ def register_pydocs_topic(*, mode: str = objectives.MODE_NLU, name: str | None =
   _check_mode(mode, name)
   pretraining.register_task(
     name,
-    source=seqio.FunctionDataSource(_topic_dataset, splits=corpus.SPLITS, caching_permitted=False),
+    source=corpus.InMemorySource(_topic_dataset, corpus.SPLITS),
     preprocessors=_chain(_topic_format, mode),
     output_features=pretraining.output_features(vocab.default_vocabulary()),
     metric_fns=[metrics.accuracy],

@@ -20,9 +20,7 @@ def source() -> seqio.DataSource:
   Returns:
     A `seqio.FunctionDataSource` yielding `{"text", "source"}` strings.
   """
-  return seqio.FunctionDataSource(
-    dataset_fn=corpus.text_dataset, splits=corpus.SPLITS, caching_permitted=False
-  )
+  return corpus.InMemorySource(corpus.text_dataset, corpus.SPLITS)
 
 
 def register() -> list[str]:

@@ -40,12 +40,13 @@ def _denoiser_value(features: Mapping[str, tf.Tensor], default_id: int) -> tf.Te
   return tf.constant(default_id + 1, tf.int32)
 
 
-def _add_token_ids(default_id: int):
+def _add_token_ids(default_id: int, keep: tuple[str, ...]):
   def fn(features):
-    features = dict(features)
     n = tf.size(features["targets"])
-    features[_TOKEN_IDS] = tf.fill([n], _denoiser_value(features, default_id))
-    return features
+    out = {k: features[k] for k in keep}
+    # Only the packed features go on: SeqIO's packing warns about (and drops) any others.
+    out[_TOKEN_IDS] = tf.fill([n], _denoiser_value(features, default_id))
+    return out
 
   return fn
 
@@ -70,7 +71,8 @@ class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
     return d
 
   def _convert_features(self, ds, task_feature_lengths):
-    ds = ds.map(_add_token_ids(self._default_denoiser_id), num_parallel_calls=tf.data.AUTOTUNE)
+    add = _add_token_ids(self._default_denoiser_id, tuple(task_feature_lengths))
+    ds = ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
     lengths = {**task_feature_lengths, _TOKEN_IDS: task_feature_lengths["targets"]}
     ds = self._pack_or_pad(ds, lengths)
     return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -101,7 +103,8 @@ class LMFeatureConverter(seqio.LMFeatureConverter):
     return d
 
   def _convert_features(self, ds, task_feature_lengths):
-    ds = ds.map(_add_token_ids(self._default_denoiser_id), num_parallel_calls=tf.data.AUTOTUNE)
+    add = _add_token_ids(self._default_denoiser_id, tuple(task_feature_lengths))
+    ds = ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
     lengths = {**task_feature_lengths, _TOKEN_IDS: task_feature_lengths["targets"]}
     ds = self._pack_or_pad(ds, lengths)
     return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
