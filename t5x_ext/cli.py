@@ -192,6 +192,10 @@ def maybe_initialize_distributed(args: argparse.Namespace) -> None:
     return
   import jax
 
+  # Cross-process computations on CPU devices need a collectives library (gloo ships with
+  # jaxlib); GPU and TPU backends ignore this setting.
+  if jax.config.jax_cpu_collectives_implementation in (None, "none"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
   if args.coordinator_address:
     kwargs["coordinator_address"] = args.coordinator_address
