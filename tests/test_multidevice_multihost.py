@@ -51,7 +51,7 @@ def _run_two_processes(model_dir, steps):
       )
     )
   outs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outs):
+  for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-4000:]
   return [out for out, _ in outs]
 
