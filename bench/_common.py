@@ -106,17 +106,29 @@ def timed_rounds(fns: dict, rounds: int, iters: dict) -> dict:
     iters: name -> calls per round.
 
   Returns:
-    name -> median seconds per call over the rounds.
+    name -> (median wall seconds per call, median process CPU seconds per call). CPU time
+    (all threads) helps read results on a machine that other jobs share: wall time then
+    depends on how much of the cores the process got.
   """
-  per_call = {name: [] for name in fns}
+  wall = {name: [] for name in fns}
+  cpu = {name: [] for name in fns}
   for r in range(rounds):
     for name, fn in fns.items():
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       for _ in range(iters[name]):
         fn()
-      per_call[name].append((time.perf_counter() - t0) / iters[name])
-      log(f"round {r}: {name} {per_call[name][-1]:.4f} s/call")
-  return {name: statistics.median(v) for name, v in per_call.items()}
+      wall[name].append((time.perf_counter() - t0) / iters[name])
+      cpu[name].append((time.process_time() - c0) / iters[name])
+      log(f"round {r}: {name} {wall[name][-1]:.4f} s/call ({cpu[name][-1]:.4f} CPU-s)")
+  return {n: (statistics.median(wall[n]), statistics.median(cpu[n])) for n in fns}
+
+
+def load_average() -> float:
+  """The 1-minute load average (machine contention during the run), or -1 if unknown."""
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return -1.0
 
 
 def emit(result: dict) -> None:

@@ -100,15 +100,20 @@ def main() -> None:
     )
     hf_decode()
     fns["hf"], iters["hf"] = hf_decode, flags.calls
+  result["load_average_before"] = _common.load_average()
   seconds = _common.timed_rounds(fns, flags.rounds, iters)
+  result["load_average_after"] = _common.load_average()
   steps = decoded_steps(holder["tokens"], model.eos_id)
   result["jax_decoded_positions"] = steps
-  result["jax_call_s"] = seconds["jax"]
-  result["jax_tokens_per_s"] = b * steps / seconds["jax"]
+  result["jax_call_s"], result["jax_call_cpu_s"] = seconds["jax"]
+  result["jax_tokens_per_s"] = b * steps / seconds["jax"][0]
   if flags.compare_hf:
-    result["hf_call_s"] = seconds["hf"]
-    result["hf_tokens_per_s"] = b * ld / seconds["hf"]
+    result["hf_call_s"], result["hf_call_cpu_s"] = seconds["hf"]
+    result["hf_tokens_per_s"] = b * ld / seconds["hf"][0]
     result["speedup_tokens_per_s_vs_hf"] = result["jax_tokens_per_s"] / result["hf_tokens_per_s"]
+    result["speedup_cpu_time_vs_hf"] = (result["hf_call_cpu_s"] / ld) / (
+      result["jax_call_cpu_s"] / steps
+    )
   _common.emit(result)
 
 

@@ -155,15 +155,19 @@ def main() -> None:
     fns["hf"], iters["hf"] = hf_step, flags.steps
     result["hf_num_params"] = hf_params
     result["hf_optimizer"] = "adamw"
+  result["load_average_before"] = _common.load_average()
   seconds = _common.timed_rounds(fns, flags.rounds, iters)
-  for name, s in seconds.items():
+  result["load_average_after"] = _common.load_average()
+  for name, (s, cpu_s) in seconds.items():
+    result[f"{name}_step_cpu_s"] = cpu_s
     result[f"{name}_step_s"] = s
     result[f"{name}_steps_per_s"] = 1.0 / s
     result[f"{name}_tokens_per_s"] = tokens_per_step / s
     result[f"{name}_flops_per_s"] = flops_per_step / s
     result[f"{name}_share_of_jax_matmul_peak"] = flops_per_step / s / peak
   if flags.compare_hf:
-    result["speedup_tokens_per_s_vs_hf"] = seconds["hf"] / seconds["jax"]
+    result["speedup_tokens_per_s_vs_hf"] = seconds["hf"][0] / seconds["jax"][0]
+    result["speedup_cpu_time_vs_hf"] = seconds["hf"][1] / seconds["jax"][1]
   _common.emit(result)
 
 
