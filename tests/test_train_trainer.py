@@ -195,3 +195,16 @@ def test_summarize_mfu_and_peak_table():
   assert out["accuracy"] == 0.5
   assert metrics_lib.peak_flops_per_device("TPU v4") == 275e12
   assert metrics_lib.peak_flops_per_device("cpu") is None
+
+
+def test_accumulation_weighting_follows_the_loss_normalisation():
+  from t5x_ext.trainer import accumulation_weighting
+
+  class M:
+    loss_normalizing_factor = None
+
+  assert accumulation_weighting(M()) == "num_tokens"
+  M.loss_normalizing_factor = 512.0
+  assert accumulation_weighting(M()) == "sum"
+  M.loss_normalizing_factor = "AVERAGE_PER_SEQUENCE"
+  assert accumulation_weighting(M()) == "mean"
