@@ -106,9 +106,10 @@ def timed_rounds(fns: dict, rounds: int, iters: dict) -> dict:
     iters: name -> calls per round.
 
   Returns:
-    name -> (median wall seconds per call, median process CPU seconds per call). CPU time
-    (all threads) helps read results on a machine that other jobs share: wall time then
-    depends on how much of the cores the process got.
+    name -> {"s": median wall seconds per call, "best_s": the fastest round's, "cpu_s":
+    median process CPU-seconds per call}. The fastest round is the least disturbed by other
+    jobs on a shared machine (as `timeit` reports the minimum); CPU time (all threads) shows
+    how much work a call took whatever share of the cores it got.
   """
   wall = {name: [] for name in fns}
   cpu = {name: [] for name in fns}
@@ -120,7 +121,10 @@ def timed_rounds(fns: dict, rounds: int, iters: dict) -> dict:
       wall[name].append((time.perf_counter() - t0) / iters[name])
       cpu[name].append((time.process_time() - c0) / iters[name])
       log(f"round {r}: {name} {wall[name][-1]:.4f} s/call ({cpu[name][-1]:.4f} CPU-s)")
-  return {n: (statistics.median(wall[n]), statistics.median(cpu[n])) for n in fns}
+  return {
+    n: {"s": statistics.median(wall[n]), "best_s": min(wall[n]), "cpu_s": statistics.median(cpu[n])}
+    for n in fns
+  }
 
 
 def load_average() -> float:
