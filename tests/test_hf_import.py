@@ -8,6 +8,7 @@ own `lm_head.weight`), and read back with `t5x_ext.hf.load_hf_t5`.
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -157,3 +158,15 @@ def test_config_round_trip_between_spec_and_transformer_config():
   for spec in (T5_1_0, T5_1_1, UL2):
     config = hf.spec_to_config(spec, tied=spec.scale_logits)
     assert hf.config_to_spec(config) == spec
+
+
+def test_bfloat16_params_and_compute(tmp_path):
+  reference = _write(UL2, "untied", tmp_path)
+  model, params = hf.load_hf_t5(tmp_path, dtype="bfloat16", param_dtype="bfloat16")
+  assert {str(x.dtype) for x in jax.tree.leaves(params)} == {"bfloat16"}
+  enc, dec = tokens(3)
+  got = np.asarray(model.logits(params, enc, dec))
+  want = _torch_logits(reference, enc, dec)
+  # bf16 keeps ~3 significant digits; the logits are O(1).
+  np.testing.assert_allclose(got, want, atol=0.1)
+  assert np.abs(got - want).max() > 1e-4  # it did compute in bf16

@@ -21,7 +21,7 @@ from t5x_ext import network
 from t5x_ext.hf.hf_config import HFT5Spec
 from t5x_ext.hf.hf_weights import fold_logit_scale
 
-# HFT5Spec (activation, gated) -> TransformerConfig.activations.
+# The second activation of a gated MLP (T5.1.1: ('gelu', 'linear')).
 _GATED_SECOND = "linear"
 
 
@@ -152,11 +152,7 @@ def to_flax_params(
   Returns:
     The 'params' collection as nested dicts of numpy arrays.
   """
-  dt = np.dtype(config.param_dtype) if config.param_dtype != "bfloat16" else None
-  if dt is None:
-    import ml_dtypes
-
-    dt = np.dtype(ml_dtypes.bfloat16)
+  dt = config.params_dtype  # a numpy dtype, bfloat16 included (ml_dtypes)
   params: dict = {"token_embedder": {"embedding": np.asarray(weights["embedding"], dt)}}
   if not config.logits_via_embedding:
     params["logits_dense"] = {"kernel": np.asarray(fold_logit_scale(weights, spec), dt)}
