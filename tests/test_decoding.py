@@ -18,7 +18,7 @@ def config(**kw):
     num_heads=4,
     head_dim=8,
     mlp_dim=48,
-    num_encoder_layers=2,
+    num_encoder_layers=1,
     num_decoder_layers=2,
     dtype="float32",
     relative_attention_num_buckets=8,
@@ -236,10 +236,10 @@ def test_beam_and_sampling_outputs_stop_at_eos():
 
 def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy(encdec):
   model, params, batch = encdec
-  greedy = model.predict_batch(params, batch, decode_len=5)
+  greedy = model.predict_batch(params, batch, decode_len=6)
   for kw in ({"top_k": 1}, {"top_p": 1e-6}):
     sampled = model.predict_batch(
-      params, batch, jax.random.PRNGKey(1), decode_len=5, method="sample", **kw
+      params, batch, jax.random.PRNGKey(1), decode_len=6, method="sample", **kw
     )
     np.testing.assert_array_equal(sampled, greedy)
 
