@@ -229,6 +229,7 @@ class MultiHeadAttention(nn.Module):
     cache_length: length of the self-attention cache (PREFILL only).
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    implementation: `jax.nn.dot_product_attention`'s implementation (None, 'xla', 'cudnn').
   """
 
   num_heads: int
@@ -239,6 +240,7 @@ class MultiHeadAttention(nn.Module):
   cache_length: int = 0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  implementation: str | None = None
 
   def _proj(self, name: str, stddev: float) -> Projection:
     return Projection(
@@ -313,7 +315,13 @@ class MultiHeadAttention(nn.Module):
     if mask is not None:
       mask = mask.astype(jnp.bool_)
     out_BQHE = jax.nn.dot_product_attention(
-      q_BQHE, k_BKHE.astype(self.dtype), v_BKHE.astype(self.dtype), bias, mask, scale=1.0
+      q_BQHE,
+      k_BKHE.astype(self.dtype),
+      v_BKHE.astype(self.dtype),
+      bias,
+      mask,
+      scale=1.0,
+      implementation=self.implementation,
     )
     out_BQD = Projection(
       (self.num_heads, self.head_dim, self.emb_dim),
@@ -480,6 +488,7 @@ def _attention(cfg, name: str, *, mode: str = FULL, cross: bool = False, cache_l
     cache_length=cache_length,
     dtype=cfg.compute_dtype,
     param_dtype=cfg.params_dtype,
+    implementation=cfg.attention_implementation,
     name=name,
   )
 

@@ -77,6 +77,9 @@ class TransformerConfig:
       for deep models; parameters get a leading `layers` axis).
     decoder_only: a decoder-only (causal or prefix-LM) network instead of encoder-decoder.
     layer_norm_epsilon: RMSNorm epsilon.
+    attention_implementation: passed to `jax.nn.dot_product_attention`: None (XLA's
+      default), 'xla', or 'cudnn' (cuDNN's fused flash attention on NVIDIA GPUs; needs
+      bfloat16/float16 compute).
   """
 
   vocab_size: int = 32128
@@ -97,6 +100,7 @@ class TransformerConfig:
   scan_layers: bool = False
   decoder_only: bool = False
   layer_norm_epsilon: float = 1e-6
+  attention_implementation: str | None = None
 
   def __post_init__(self):
     def fail(name, why):
@@ -150,6 +154,10 @@ class TransformerConfig:
       fail("relative_attention_max_distance", f"must exceed num_buckets // 2 = {nb // 2}")
     if self.remat_policy not in REMAT_POLICIES:
       fail("remat_policy", f"unknown; known: {sorted(REMAT_POLICIES)}")
+    if self.attention_implementation not in (None, "xla", "cudnn"):
+      fail("attention_implementation", "expected None, 'xla' or 'cudnn'")
+    if self.attention_implementation == "cudnn" and self.dtype == "float32":
+      fail("attention_implementation", "cuDNN attention needs dtype 'bfloat16' or 'float16'")
 
   @property
   def compute_dtype(self) -> jnp.dtype:

@@ -55,6 +55,8 @@ def init_params(module, *args):
     ({"relative_attention_max_distance": 3}, r"relative_attention_max_distance=3"),
     ({"num_encoder_layers": 0}, r"num_encoder_layers=0.*encoder-decoder"),
     ({"decoder_only": True}, r"num_encoder_layers=2.*decoder-only"),
+    ({"attention_implementation": "flash"}, r"attention_implementation='flash'"),
+    ({"attention_implementation": "cudnn"}, r"attention_implementation='cudnn'.*bfloat16"),
   ],
 )
 def test_bad_configs_fail_with_clear_errors(changes, match):
