@@ -476,6 +476,20 @@ class DecoderOnlyModel(BaseModel):
   def _required_features(self) -> tuple[str, ...]:
     return ("decoder_input_tokens", "decoder_target_tokens")
 
+  def _loss_weights(self, batch: Batch) -> Array:
+    if "decoder_loss_weights" in batch or "decoder_causal_attention" not in batch:
+      return super()._loss_weights(batch)
+    # Without explicit weights, score only the targets part. The target at position t is
+    # an input token when position t + 1 (same segment) is still in the prefix, because
+    # `decoder_causal_attention` covers BOS + the inputs.
+    targets = jnp.asarray(batch["decoder_target_tokens"])
+    causal = jnp.asarray(batch["decoder_causal_attention"]) > 0
+    next_causal = jnp.pad(causal[:, 1:], ((0, 0), (0, 1)))
+    if "decoder_segment_ids" in batch:
+      seg = jnp.asarray(batch["decoder_segment_ids"])
+      next_causal = next_causal & (jnp.pad(seg[:, 1:], ((0, 0), (0, 1))) == seg)
+    return ((targets > 0) & ~next_causal).astype(jnp.float32)
+
   def _features(self, batch: Batch) -> dict[str, Array]:
     features = super()._features(batch)
     if not self.inputs_bidirectional_attention:

@@ -190,6 +190,19 @@ def test_decoder_only_loss_covers_only_targets():
   assert float(causal_model.loss_fn(params, batch, None)[0]) != pytest.approx(float(loss))
 
 
+def test_decoder_only_default_weights_follow_seqio_prefix_lm():
+  # SeqIO's PrefixLMFeatureConverter docstring example (packed), minus the loss weights.
+  batch = dict(
+    decoder_target_tokens=np.array([[7, 8, 5, 1, 3, 9, 1, 8, 4, 9, 3, 1, 4, 1, 0]]),
+    decoder_causal_attention=np.array([[1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]]),
+    decoder_segment_ids=np.array([[1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 0]]),
+  )
+  model = models.DecoderOnlyModel(config(decoder_only=True, num_encoder_layers=0))
+  np.testing.assert_array_equal(
+    model._loss_weights(batch), [[0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0]]
+  )
+
+
 def test_feature_converter_names():
   assert models.EncoderDecoderModel(config()).feature_converter_name == "EncDecFeatureConverter"
   dec = config(decoder_only=True, num_encoder_layers=0)
