@@ -12,11 +12,11 @@ pytest.importorskip("transformers")
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+from hf_util import UL2, tokens  # noqa: E402
 
 import gin  # noqa: E402
 from t5x_ext import checkpointing, models  # noqa: E402
 from t5x_ext.hf import convert, load_hf_t5, torch_reference  # noqa: E402
-from tests.hf_util import UL2, tokens  # noqa: E402
 
 
 @pytest.fixture

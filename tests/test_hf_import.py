@@ -15,9 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from hf_util import T5_1_0, T5_1_1, UL2, VOCAB, tokens  # noqa: E402
+
 from t5x_ext import hf  # noqa: E402
 from t5x_ext.hf import torch_reference  # noqa: E402
-from tests.hf_util import T5_1_0, T5_1_1, UL2, VOCAB, tokens  # noqa: E402
 
 # name -> (spec, how the directory is written)
 VARIANTS = {
