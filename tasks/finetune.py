@@ -269,7 +269,14 @@ def register_pydocs_topic(*, mode: str = objectives.MODE_NLU, name: str | None =
 def register() -> list[str]:
   """Registers the default fine-tuning tasks (idempotent).
 
+  The embedded topic task is registered with each of the three mode prefixes
+  (`pydocs_topic_classification{,_nlg,_s2s}_v1`), so a command line can compare them.
+
   Returns:
     Their names.
   """
-  return [register_sst2(), register_cnn_dailymail(), register_pydocs_topic()]
+  topic = [
+    register_pydocs_topic(mode=m)
+    for m in (objectives.MODE_NLU, objectives.MODE_NLG, objectives.MODE_S2S)
+  ]
+  return [register_sst2(), register_cnn_dailymail(), *topic]

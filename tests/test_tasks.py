@@ -77,7 +77,13 @@ def test_all_tasks_registered():
   for prefix in ("pydocs", "c4"):
     for obj in OBJECTIVE_NAMES:
       assert f"{prefix}_{obj}_v1" in names
-  for name in ("glue_sst2_nlu_v1", "cnn_dailymail_s2s_v1", "pydocs_topic_classification_v1"):
+  for name in (
+    "glue_sst2_nlu_v1",
+    "cnn_dailymail_s2s_v1",
+    "pydocs_topic_classification_v1",
+    "pydocs_topic_classification_nlg_v1",
+    "pydocs_topic_classification_s2s_v1",
+  ):
     assert name in names
   assert pretraining.task_denoisers(seqio.get_mixture_or_task("pydocs_ul2_mod_v1")) == (
     objectives.UL2_DENOISERS
