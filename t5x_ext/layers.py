@@ -208,7 +208,44 @@ class Projection(nn.Module):
       tuple(self.kernel_axes),
       self.param_dtype,
     )
-    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    n = _contracted_axes(self.equation)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    # XLA:CPU lowers the backward of a multi-axis einsum with transposing copies that cost
+    # about as much as the matmuls (and, in decoding, copies the `out` kernels every step);
+    # one 2-D matmul over the flattened axes is the same contraction without them.
+    if x.shape[x.ndim - n :] != kernel.shape[:n]:
+      raise ValueError(
+        f"Projection {self.equation!r}: input shape {x.shape} does not end in the kernel's "
+        f"contracted axes {kernel.shape[:n]}"
+      )
+    k = int(np.prod(kernel.shape[:n]))
+    y = jnp.dot(x.reshape(-1, k), kernel.reshape(k, -1))
+    return y.reshape(x.shape[: x.ndim - n] + kernel.shape[n:])
+
+
+def _contracted_axes(equation: str) -> int:
+  """Number of contracted axes of a `Projection` equation.
+
+  Args:
+    equation: einsum equation of the form `<lead><contracted>,<contracted><tail>-><lead><tail>`
+      (every `Projection` contracts the input's last axes with the kernel's first ones).
+
+  Returns:
+    The number of contracted axes (at least 1).
+
+  Raises:
+    ValueError: if `equation` does not have that form.
+  """
+  lhs, _, out = equation.partition("->")
+  x_axes, _, k_axes = lhs.partition(",")
+  n = sum(1 for a in x_axes if a in k_axes)
+  lead, contracted, tail = x_axes[: len(x_axes) - n], x_axes[len(x_axes) - n :], k_axes[n:]
+  if n == 0 or not k_axes.startswith(contracted) or out != lead + tail or set(lead) & set(tail):
+    raise ValueError(
+      f"Projection equation={equation!r} must have the form "
+      "'<lead><contracted>,<contracted><tail>-><lead><tail>'"
+    )
+  return n
 
 
 class MultiHeadAttention(nn.Module):
