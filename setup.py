@@ -7,58 +7,58 @@ import setuptools
 # side (jax, flax, optax, orbax) are pinned as sets: tensorflow-text must match tensorflow
 # exactly, and flax/orbax track jax closely.
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "clu==0.0.12",
-    # clu's SummaryWriter (TensorBoard events) imports tensorboard, which TF 2.21 no longer pulls in.
-    "tensorboard==2.21.0",
-    "seqio==0.0.20",
-    "tensorflow==2.21.0",
-    "tensorflow-text==2.21.1",
-    "tensorflow-datasets==4.9.10",
-    "gin-config==0.5.0",
-    "sentencepiece==0.2.3",
-    "numpy>=2.0,<3",
-    "tqdm>=4.66",
+  "jax==0.10.2",
+  "jaxlib==0.10.2",
+  "flax==0.12.8",
+  "optax==0.2.8",
+  "orbax-checkpoint==0.12.8",
+  "clu==0.0.12",
+  # clu's SummaryWriter (TensorBoard events) imports tensorboard, which TF 2.21 no longer pulls in.
+  "tensorboard==2.21.0",
+  "seqio==0.0.20",
+  "tensorflow==2.21.0",
+  "tensorflow-text==2.21.1",
+  "tensorflow-datasets==4.9.10",
+  "gin-config==0.5.0",
+  "sentencepiece==0.2.3",
+  "numpy>=2.0,<3",
+  "tqdm>=4.66",
 ]
 
 EXTRAS = {
-    "test": [
-        "pytest>=8",
-        "pytest-xdist>=3.5",
-        "ruff>=0.6",
-        # Parity tests against Transformers' PyTorch T5 (random weights, no download).
-        # torch 2.13.0 has a CPU wheel for Python 3.11.
-        "torch==2.13.0",
-        "transformers==5.24.0",
-        "safetensors>=0.4",
-    ],
-    # babel..rouge-score make `t5.data.preprocessors` importable for the UL2-appendix
-    # baseline of bench/data_throughput.py; t5 itself must be installed without its
-    # dependencies (they include tfds-nightly, which clashes with tensorflow-datasets):
-    # `pip install --no-deps t5==0.9.4`.
-    "bench": [
-        "psutil>=5.9",
-        "babel==2.19.0",
-        "sacrebleu==2.6.0",
-        "scikit-learn==1.9.1",
-        "rouge-score==0.1.2",
-    ],
-    "notebooks": ["nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8", "nbformat>=5.10"],
-    "hf": ["safetensors>=0.4"],
+  "test": [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+    "ruff>=0.6",
+    # Parity tests against Transformers' PyTorch T5 (random weights, no download).
+    # torch 2.13.0 has a CPU wheel for Python 3.11.
+    "torch==2.13.0",
+    "transformers==5.24.0",
+    "safetensors>=0.4",
+  ],
+  # babel..rouge-score make `t5.data.preprocessors` importable for the UL2-appendix
+  # baseline of bench/data_throughput.py; t5 itself must be installed without its
+  # dependencies (they include tfds-nightly, which clashes with tensorflow-datasets):
+  # `pip install --no-deps t5==0.9.4`.
+  "bench": [
+    "psutil>=5.9",
+    "babel==2.19.0",
+    "sacrebleu==2.6.0",
+    "scikit-learn==1.9.1",
+    "rouge-score==0.1.2",
+  ],
+  "notebooks": ["nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8", "nbformat>=5.10"],
+  "hf": ["safetensors>=0.4"],
 }
 
 setuptools.setup(
-    name="t5x_ext",
-    version="0.1.0",
-    description=__doc__,
-    python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["t5x_ext", "t5x_ext.*", "tasks", "tasks.*"]),
-    package_data={"tasks": ["data/*"]},
-    include_package_data=True,
-    install_requires=INSTALL_REQUIRES,
-    extras_require=EXTRAS,
+  name="t5x_ext",
+  version="0.1.0",
+  description=__doc__,
+  python_requires=">=3.11",
+  packages=setuptools.find_packages(include=["t5x_ext", "t5x_ext.*", "tasks", "tasks.*"]),
+  package_data={"tasks": ["data/*"]},
+  include_package_data=True,
+  install_requires=INSTALL_REQUIRES,
+  extras_require=EXTRAS,
 )
