@@ -51,7 +51,33 @@ def _add_token_ids(default_id: int, keep: tuple[str, ...]):
   return fn
 
 
-class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
+class _TargetIdsMixin:
+  """Adds `decoder_denoiser_ids` [LT], packed alongside `targets`, to a SeqIO converter whose
+  decoder features have the targets' length (encoder-decoder, targets-only LM)."""
+
+  def __init__(self, default_denoiser_id: int = 0, **kwargs):
+    self._default_denoiser_id = default_denoiser_id
+    super().__init__(**kwargs)
+
+  def _convert_example(self, features):
+    d = dict(super()._convert_example(features))
+    d[DENOISER_IDS] = features[_TOKEN_IDS]
+    return d
+
+  def _convert_features(self, ds, task_feature_lengths):
+    add = _add_token_ids(self._default_denoiser_id, tuple(task_feature_lengths))
+    ds = ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
+    lengths = {**task_feature_lengths, _TOKEN_IDS: task_feature_lengths["targets"]}
+    ds = self._pack_or_pad(ds, lengths)
+    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
+    lengths[DENOISER_IDS] = task_feature_lengths["targets"]
+    return lengths
+
+
+class EncDecFeatureConverter(_TargetIdsMixin, seqio.EncDecFeatureConverter):
   """`seqio.EncDecFeatureConverter` plus `decoder_denoiser_ids` [LT].
 
   Args:
@@ -61,29 +87,8 @@ class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
 
   MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES, DENOISER_IDS: _SPEC}
 
-  def __init__(self, default_denoiser_id: int = 0, **kwargs):
-    self._default_denoiser_id = default_denoiser_id
-    super().__init__(**kwargs)
 
-  def _convert_example(self, features):
-    d = dict(super()._convert_example(features))
-    d[DENOISER_IDS] = features[_TOKEN_IDS]
-    return d
-
-  def _convert_features(self, ds, task_feature_lengths):
-    add = _add_token_ids(self._default_denoiser_id, tuple(task_feature_lengths))
-    ds = ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
-    lengths = {**task_feature_lengths, _TOKEN_IDS: task_feature_lengths["targets"]}
-    ds = self._pack_or_pad(ds, lengths)
-    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
-
-  def get_model_feature_lengths(self, task_feature_lengths):
-    lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
-    lengths[DENOISER_IDS] = task_feature_lengths["targets"]
-    return lengths
-
-
-class LMFeatureConverter(seqio.LMFeatureConverter):
+class LMFeatureConverter(_TargetIdsMixin, seqio.LMFeatureConverter):
   """`seqio.LMFeatureConverter` (targets only) plus `decoder_denoiser_ids` [LT].
 
   Args:
@@ -92,27 +97,6 @@ class LMFeatureConverter(seqio.LMFeatureConverter):
   """
 
   MODEL_FEATURES = {**seqio.LMFeatureConverter.MODEL_FEATURES, DENOISER_IDS: _SPEC}
-
-  def __init__(self, default_denoiser_id: int = 0, **kwargs):
-    self._default_denoiser_id = default_denoiser_id
-    super().__init__(**kwargs)
-
-  def _convert_example(self, features):
-    d = dict(super()._convert_example(features))
-    d[DENOISER_IDS] = features[_TOKEN_IDS]
-    return d
-
-  def _convert_features(self, ds, task_feature_lengths):
-    add = _add_token_ids(self._default_denoiser_id, tuple(task_feature_lengths))
-    ds = ds.map(add, num_parallel_calls=tf.data.AUTOTUNE)
-    lengths = {**task_feature_lengths, _TOKEN_IDS: task_feature_lengths["targets"]}
-    ds = self._pack_or_pad(ds, lengths)
-    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
-
-  def get_model_feature_lengths(self, task_feature_lengths):
-    lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
-    lengths[DENOISER_IDS] = task_feature_lengths["targets"]
-    return lengths
 
 
 class PrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
