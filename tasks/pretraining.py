@@ -3,7 +3,10 @@ causal LM) over any text source.
 
 Every source registers the same five tasks, `<prefix>_<objective>_v1`, whose preprocessors are:
 
-  rekey(text -> targets) -> tokenize -> mixture_of_denoisers(denoisers) -> append_eos_after_trim
+  rekey(text -> targets) -> tokenize -> mixture_of_denoisers(denoisers, append_eos=True)
+
+(`append_eos=True` gives what a following `seqio.preprocessors.append_eos_after_trim`
+would, added to whole batches instead of example by example.)
 
 Before/after (UL2 MoD, tiny): {"text": "a b c d"} -> {"inputs": [[NLU] a <extra_id_0> d EOS],
 "targets": [<extra_id_0> b c EOS], "denoiser_id": 0}.
@@ -86,8 +89,8 @@ def denoising_preprocessors(
       denoisers=tuple(denoisers),
       mode_prefix=mode_prefix,
       mode_token_ids=dict(mode_token_ids) if mode_token_ids else None,
+      append_eos=True,
     ),
-    seqio.preprocessors.append_eos_after_trim,
   ]
 
 

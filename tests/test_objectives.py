@@ -343,3 +343,73 @@ def test_packs_through_seqio_feature_converters(vocab, converter, expected):
   # Packing actually packs: some row holds more than one example.
   seg_key = "decoder_segment_ids"
   assert max(b[seg_key].max() for b in batches) >= 2
+
+
+# --- EOS in the batched step --------------------------------------------------------------
+
+
+def _eos_features(vocab, inputs_eos=True, targets_eos=True, with_inputs=True):
+  feats = {"targets": seqio.Feature(vocab, add_eos=targets_eos)}
+  if with_inputs:
+    feats["inputs"] = seqio.Feature(vocab, add_eos=inputs_eos)
+  return feats
+
+
+@pytest.mark.parametrize(
+  "denoisers, lengths, eos, with_inputs, concatenate",
+  [
+    (objectives.UL2_DENOISERS, U.LENGTHS, (True, True), True, True),
+    (objectives.UL2_DENOISERS, U.LENGTHS, (True, True), True, False),
+    (objectives.UL2R_DENOISERS, U.LENGTHS, (False, True), True, True),
+    (objectives.T5_SPAN_CORRUPTION, {"inputs": 128, "targets": 64}, (True, False), True, True),
+    (objectives.CAUSAL_LM, {"targets": 256}, (False, True), False, True),
+  ],
+)
+def test_append_eos_equals_seqio_append_eos_after_trim(
+  vocab, denoisers, lengths, eos, with_inputs, concatenate
+):
+  feats = _eos_features(vocab, *eos, with_inputs=with_inputs)
+  docs = U.synthetic_docs(150, 4, lo=2, hi=3000)
+
+  def run(append_eos):
+    ds = objectives.mixture_of_denoisers(
+      U.docs_dataset(docs),
+      lengths,
+      feats,
+      denoisers,
+      seed=5,
+      concatenate_documents=concatenate,
+      append_eos=append_eos,
+    )
+    if not append_eos:
+      ds = seqio.preprocessors.append_eos_after_trim(ds, feats, lengths)
+    return list(ds.as_numpy_iterator())
+
+  fused, chained = run(True), run(False)
+  assert len(fused) == len(chained) > 100
+  for x, y in zip(fused, chained):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  # The case checks something: EOS really ends the features that add it, and only those.
+  for key, add in zip(("inputs", "targets"), eos):
+    if key in feats:
+      ends = {int(x[key][-1]) == vocab.eos_id for x in fused}
+      assert ends == {add}, key
+
+
+@pytest.mark.parametrize("width", [1, 5, 127, 128, 129, 300, 997])
+def test_running_sum_matches_cumsum(width):
+  import tensorflow as tf
+
+  from t5x_ext.objectives import corruption
+
+  rng = np.random.default_rng(width)
+  x = rng.integers(-1, 2, size=(7, width)).astype(np.int32)
+  x[:, 0] = 1  # partial sums of both signs
+  got = corruption._running_sum(tf.constant(x)).numpy()
+  np.testing.assert_array_equal(got, np.cumsum(x, axis=1))
+  big = np.ones((2, 20000), np.int32)  # sums far beyond one block
+  np.testing.assert_array_equal(
+    corruption._running_sum(tf.constant(big)).numpy(), np.cumsum(big, 1)
+  )

@@ -1,7 +1,8 @@
 """Statistics of the UL2 mixture over >= 1,000 examples per denoiser (inputs/targets 512).
 
-One pipeline run (module fixture) feeds every test: the mixture followed by
-`append_eos_after_trim`, exactly as tasks use it.
+One pipeline run (module fixture) feeds every test: the mixture with its batched EOS
+(`append_eos=True`), exactly as tasks use it. `test_objectives.py` checks that this equals
+the mixture followed by `seqio.preprocessors.append_eos_after_trim`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ def vocab():
 def _run(denoisers, vocab, num_examples, *, seed=0, docs_seed=0, lengths=U.LENGTHS):
   docs = U.synthetic_docs(num_examples // 2 + 100, docs_seed)
   ds = objectives.mixture_of_denoisers(
-    U.docs_dataset(docs), lengths, U.features(vocab), denoisers, seed=seed
+    U.docs_dataset(docs), lengths, U.features(vocab), denoisers, seed=seed, append_eos=True
   )
-  ds = seqio.preprocessors.append_eos_after_trim(ds, U.features(vocab), lengths)
   return docs, list(ds.take(num_examples).as_numpy_iterator())
 
 

@@ -165,12 +165,15 @@ def mixture_of_denoisers(
   seed: int | None = None,
   concatenate_documents: bool = True,
   batch_size: int = DEFAULT_BATCH_SIZE,
+  append_eos: bool = False,
 ) -> tf.data.Dataset:
   """SeqIO preprocessor: tokenized documents in, Mixture-of-Denoisers examples out.
 
   Follow it with `seqio.preprocessors.append_eos_after_trim`; every example then fits
   `sequence_length` without truncation (lengths are planned per denoiser, see
-  `planning.py`).
+  `planning.py`). Or pass `append_eos=True` instead of that step: the same examples, with
+  the EOS added to the whole batch before it is split into examples (the tasks do this;
+  it saves a per-example map, about a third of the pipeline's time).
 
   Example (ids made up; "[NLU]" encodes to [11, 12]; `<extra_id_0>` = 8099):
 
@@ -198,6 +201,9 @@ def mixture_of_denoisers(
     batch_size: documents processed per vectorized step (the examples depend on it
       through which documents share a random stream and, when concatenating, where the
       stream is cut).
+    append_eos: append each feature's EOS id (features with `add_eos`) in the batched
+      step, giving exactly what `append_eos_after_trim` would (nothing needs trimming).
+      Do not also follow it with `append_eos_after_trim`, which would add a second EOS.
 
   Returns:
     A dataset of {"inputs": int32 [n], "targets": int32 [m], "denoiser_id": int32 []}
@@ -226,6 +232,11 @@ def mixture_of_denoisers(
   )
   spec = corruption.MixtureSpec.build(denoisers, plans, prefixes, vocabulary.vocab_size)
   emit_inputs = "inputs" in output_features
+  eos_ids = {
+    key: int(output_features[key].vocabulary.eos_id)
+    for key in ("inputs", "targets")
+    if append_eos and key in output_features and output_features[key].add_eos
+  }
 
   rates = np.asarray(normalized_rates(denoisers), np.float64)
   logits = np.where(rates > 0, np.log(np.maximum(rates, 1e-30)), -1e9).astype(np.float32)
@@ -246,7 +257,14 @@ def mixture_of_denoisers(
     else:
       docs = docs.with_flat_values(flat)
     chunks, ids = chunk_documents(docs, logits, chunk_lengths, min_chunk, seeds[0])
-    out = corruption.build_examples(chunks, ids, spec, seeds[1])
+    out = corruption.build_examples(
+      chunks,
+      ids,
+      spec,
+      seeds[1],
+      inputs_eos=eos_ids.get("inputs"),
+      targets_eos=eos_ids.get("targets"),
+    )
     if not emit_inputs:
       out.pop("inputs")
     return out
