@@ -398,18 +398,39 @@ def test_append_eos_equals_seqio_append_eos_after_trim(
       assert ends == {add}, key
 
 
-@pytest.mark.parametrize("width", [1, 5, 127, 128, 129, 300, 997])
-def test_running_sum_matches_cumsum(width):
+@pytest.mark.parametrize("blocks", [1, 2, 8])
+def test_running_sum_matches_cumsum(blocks):
   import tensorflow as tf
 
   from t5x_ext.objectives import corruption
 
-  rng = np.random.default_rng(width)
-  x = rng.integers(-1, 2, size=(7, width)).astype(np.int32)
+  width = blocks * corruption._SCAN_BLOCK
+  rng = np.random.default_rng(blocks)
+  x = rng.integers(-1, 2, size=(7, width)).astype(np.float32)
   x[:, 0] = 1  # partial sums of both signs
   got = corruption._running_sum(tf.constant(x)).numpy()
   np.testing.assert_array_equal(got, np.cumsum(x, axis=1))
-  big = np.ones((2, 20000), np.int32)  # sums far beyond one block
+  big = np.ones((2, 160 * corruption._SCAN_BLOCK), np.float32)  # sums far beyond one block
   np.testing.assert_array_equal(
     corruption._running_sum(tf.constant(big)).numpy(), np.cumsum(big, 1)
   )
+
+
+def test_eos_id_zero_is_kept(vocab):
+  """A vocabulary whose EOS is id 0 (the pad id elsewhere) still gets its EOS."""
+  import tensorflow as tf
+
+  from t5x_ext.objectives import corruption, mixture
+
+  denoisers = objectives.UL2_DENOISERS
+  plans = objectives.validate_denoisers(denoisers, vocabulary=vocab, sequence_length=U.LENGTHS)
+  prefixes = mixture.mode_prefix_tokens(denoisers, vocabulary=vocab)
+  spec = corruption.MixtureSpec.build(denoisers, plans, prefixes, vocab.vocab_size)
+  chunks = tf.ragged.constant([list(range(3, 103)), list(range(3, 400))], tf.int32)
+  ids = tf.constant([0, 6], tf.int32)  # an R row and an S row
+  seed = tf.constant([1, 2], tf.int64)
+  plain = corruption.build_examples(chunks, ids, spec, seed)
+  ended = corruption.build_examples(chunks, ids, spec, seed, inputs_eos=0, targets_eos=0)
+  for key in ("inputs", "targets"):
+    for a, b in zip(plain[key].to_list(), ended[key].to_list()):
+      assert b == a + [0]

@@ -126,15 +126,16 @@ def _span_masks(
   width: tf.Tensor,
   max_spans: int,
   vocab_size: int,
+  end_value: int | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Noise masks with exactly `noise_B` noise tokens in `spans_B` spans, and sentinels.
 
-  All the randomness lives in [B, max_spans] tensors; the [B, L] outputs are one scatter
-  and one cumsum. Rows with `active_B` False get no spans.
+  All the randomness lives in [B, max_spans] tensors; the [B, L] outputs are two scatters
+  and one running sum. Rows with `active_B` False get no spans.
 
   Returns:
-    (mask bool [B, L], sentinel int32 [B, L + 1]: the sentinel id at each span's first
-    position, 0 elsewhere).
+    (mask bool [B, L], sentinel int32 [B, L + 2]: the sentinel id at each span's first
+    position, `end_value` in the last column, 0 elsewhere).
   """
   seeds = tf.random.experimental.stateless_split(seed, 3)
   batch = tf.shape(lens_B)[0]
@@ -181,19 +182,30 @@ def _span_masks(
   rank = tf.math.floormod(tf.range(max_spans)[tf.newaxis, :] - first, tf.maximum(n, 1))
   sentinel = tf.where(span_ok, vocab_size - 1 - rank, 0)
 
-  # One scatter: +1 at each span start and -1 at its end (the cumsum is 1 inside spans),
-  # and, in a second block, each span's sentinel id at its start.
-  row = tf.range(batch)[:, tf.newaxis] * (width + 1)
-  starts = row + tf.clip_by_value(starts, 0, width)
-  ends = row + tf.clip_by_value(ends, 0, width)
-  block = batch * (width + 1)
-  ones = tf.cast(span_ok, tf.int32)
-  ids = tf.concat([starts, ends, starts + block], 1)
-  data = tf.concat([ones, -ones, sentinel], 1)
-  out = tf.math.unsorted_segment_sum(tf.reshape(data, [-1]), tf.reshape(ids, [-1]), 2 * block)
-  out = tf.reshape(out, [2, batch, width + 1])
-  inside = _running_sum(out[0])[:, :width]
-  return inside > 0, out[1]
+  # Two scatters: +1 at each span start and -1 at its end (the running sum is 1 inside
+  # spans), in float32 on a width padded to whole scan blocks; and each span's sentinel
+  # id at its start, with `end_value` (if any) in the extra last column.
+  ones = tf.cast(span_ok, tf.float32)
+  blocks = (width + _SCAN_BLOCK) // _SCAN_BLOCK  # room for the end position `width`
+  padded = blocks * _SCAN_BLOCK
+  rows = tf.range(batch)[:, tf.newaxis]
+  starts = tf.clip_by_value(starts, 0, width)
+  ends = tf.clip_by_value(ends, 0, width)
+  marks = tf.math.unsorted_segment_sum(
+    tf.reshape(tf.concat([ones, -ones], 1), [-1]),
+    tf.reshape(tf.concat([rows * padded + starts, rows * padded + ends], 1), [-1]),
+    batch * padded,
+  )
+  inside = _running_sum(tf.reshape(marks, [batch, padded]))[:, :width]
+  sent_ids = [tf.reshape(rows * (width + 2) + starts, [-1])]
+  sent_data = [tf.reshape(sentinel, [-1])]
+  if end_value is not None:
+    sent_ids.append(tf.range(batch) * (width + 2) + width + 1)
+    sent_data.append(tf.fill([batch], end_value))
+  sent = tf.math.unsorted_segment_sum(
+    tf.concat(sent_data, 0), tf.concat(sent_ids, 0), batch * (width + 2)
+  )
+  return inside > 0.5, tf.reshape(sent, [batch, width + 2])
 
 
 # Block width of `_running_sum`.
@@ -201,7 +213,8 @@ _SCAN_BLOCK = 128
 
 
 def _running_sum(x_BW: tf.Tensor) -> tf.Tensor:
-  """Inclusive cumulative sum along axis 1 of a small-valued int32 [B, W] tensor.
+  """Inclusive cumulative sum along axis 1 of a float32 [B, W] tensor of small integers,
+  W a multiple of `_SCAN_BLOCK`.
 
   The same as `tf.cumsum(x, axis=1)`, computed as a matmul of 128-wide blocks with a
   triangular matrix plus a cumsum of the block totals: TF's CPU cumsum runs about 3x
@@ -209,13 +222,11 @@ def _running_sum(x_BW: tf.Tensor) -> tf.Tensor:
   2**24 in magnitude (float32 integers); the masks here sum to at most W.
   """
   batch, width = tf.shape(x_BW)[0], tf.shape(x_BW)[1]
-  blocks = (width + _SCAN_BLOCK - 1) // _SCAN_BLOCK
-  x = tf.pad(tf.cast(x_BW, tf.float32), [[0, 0], [0, blocks * _SCAN_BLOCK - width]])
+  blocks = width // _SCAN_BLOCK
   upper = tf.linalg.band_part(tf.ones([_SCAN_BLOCK, _SCAN_BLOCK]), 0, -1)
-  within = tf.reshape(tf.reshape(x, [-1, _SCAN_BLOCK]) @ upper, [batch, blocks, _SCAN_BLOCK])
+  within = tf.reshape(tf.reshape(x_BW, [-1, _SCAN_BLOCK]) @ upper, [batch, blocks, _SCAN_BLOCK])
   before = tf.cumsum(within[:, :, -1], axis=1, exclusive=True)
-  total = tf.reshape(within + before[:, :, tf.newaxis], [batch, -1])[:, :width]
-  return tf.cast(tf.round(total), tf.int32)
+  return tf.reshape(within + before[:, :, tf.newaxis], [batch, width])
 
 
 def _select(vals_BL: tf.Tensor, keep_BL: tf.Tensor) -> tf.RaggedTensor:
@@ -269,58 +280,63 @@ def build_examples(
 
   # Span rows: a = noise tokens, b (+1 with probability frac) = spans.
   spans_B = b_B + tf.cast(u_B2[:, 0] < frac_B, tf.int32)
-  kind = kind_B[:, tf.newaxis]
+  is_span_B = kind_B == KIND_IDS["span"]
   pos_BL = tf.range(width)[tf.newaxis, :]
   valid_BL = pos_BL < lens_B[:, tf.newaxis]
+  batch = tf.size(k_B)
+  # The targets' EOS rides in the last column of the sentinel array (see below).
   if spec.max_spans > 0:
-    span_mask_BL, sent_BL1 = _span_masks(
+    span_mask_BL, sent_BL2 = _span_masks(
       lens_B,
       a_B,
       spans_B,
-      kind_B == KIND_IDS["span"],
+      is_span_B,
       seeds[1],
       width,
       spec.max_spans,
       spec.vocab_size,
+      end_value=targets_eos,
     )
   else:
     span_mask_BL = tf.zeros_like(valid_BL)
-    sent_BL1 = tf.zeros(tf.stack([tf.size(k_B), width + 1]), tf.int32)
-  # Prefix rows: a..b = range of target lengths.
+    sent_BL2 = tf.concat(
+      [tf.zeros(tf.stack([batch, width + 1]), tf.int32), tf.fill([batch, 1], targets_eos or 0)],
+      1,
+    )
+  # Prefix rows: a..b = range of target lengths, the last t tokens; causal rows: all.
   span_of_t = tf.cast(b_B - a_B + 1, tf.float32)
   t_B = a_B + tf.minimum(tf.cast(tf.floor(u_B2[:, 1] * span_of_t), tf.int32), b_B - a_B)
-  prefix_mask_BL = valid_BL & (pos_BL >= (lens_B - t_B)[:, tf.newaxis])
+  first_target_B = tf.where(kind_B == KIND_IDS["prefix_lm"], lens_B - t_B, 0)
   mask_BL = tf.where(
-    kind == KIND_IDS["span"],
+    is_span_B[:, tf.newaxis],
     span_mask_BL,
-    tf.where(kind == KIND_IDS["prefix_lm"], prefix_mask_BL, valid_BL),
+    valid_BL & (pos_BL >= first_target_B[:, tf.newaxis]),
   )
 
   # At most one id per position in each output: inputs hold the sentinel at a span's
   # first position (whose token goes to the targets) and plain tokens elsewhere; targets
   # hold noise tokens, and a span's sentinel sits on the position just before it (a plain
-  # one) or on an extra leading column when the span starts the chunk.
-  sent_BL = sent_BL1[:, :width]
-  in_vals = tf.where(sent_BL > 0, sent_BL, tokens_BL)
-  in_keep = (sent_BL > 0) | (valid_BL & ~mask_BL)
+  # one) or on an extra leading column when the span starts the chunk. EOS goes in one
+  # more column, always kept (compaction keeps each row's order).
+  sent_BL = sent_BL2[:, :width]
+  has_sent_BL = sent_BL > 0
+  in_vals = [tf.where(has_sent_BL, sent_BL, tokens_BL)]
+  in_keep = [has_sent_BL | (valid_BL & ~mask_BL)]
   if spec.prefix_values.shape[1]:
-    in_vals = tf.concat([tf.gather(spec.prefix_values, k_B), in_vals], 1)
-    prefix_keep = (
+    in_vals.insert(0, tf.gather(spec.prefix_values, k_B))
+    in_keep.insert(
+      0,
       tf.range(spec.prefix_values.shape[1])[tf.newaxis]
-      < tf.gather(spec.prefix_lengths, k_B)[:, tf.newaxis]
+      < tf.gather(spec.prefix_lengths, k_B)[:, tf.newaxis],
     )
-    in_keep = tf.concat([prefix_keep, in_keep], 1)
-  noise_BL1 = tf.pad(mask_BL, [[0, 0], [1, 0]])
-  tg_vals = tf.where(noise_BL1, tf.pad(tokens_BL, [[0, 0], [1, 0]]), sent_BL1)
-  tg_keep = noise_BL1 | (sent_BL1 > 0)
-  # EOS: one more column, always kept (compaction keeps each row's order).
-  batch = tf.size(k_B)
   if inputs_eos is not None:
-    in_vals = tf.concat([in_vals, tf.fill([batch, 1], inputs_eos)], 1)
-    in_keep = tf.pad(in_keep, [[0, 0], [0, 1]], constant_values=True)
-  if targets_eos is not None:
-    tg_vals = tf.concat([tg_vals, tf.fill([batch, 1], targets_eos)], 1)
-    tg_keep = tf.pad(tg_keep, [[0, 0], [0, 1]], constant_values=True)
-  inputs = _select(in_vals, in_keep)
+    in_vals.append(tf.fill([batch, 1], inputs_eos))
+    in_keep.append(tf.ones([batch, 1], tf.bool))
+  inputs = _select(tf.concat(in_vals, 1), tf.concat(in_keep, 1))
+  noise_BL2 = tf.pad(mask_BL, [[0, 0], [1, 1]])
+  tg_vals = tf.where(noise_BL2, tf.pad(tokens_BL, [[0, 0], [1, 1]]), sent_BL2)
+  tg_keep = noise_BL2 | (sent_BL2 > 0)
+  if targets_eos is not None and targets_eos <= 0:  # not kept by `sent > 0`
+    tg_keep |= tf.range(width + 2) == width + 1
   targets = _select(tg_vals, tg_keep)
   return {"inputs": inputs, "targets": targets, "denoiser_id": k_B}

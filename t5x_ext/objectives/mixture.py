@@ -323,9 +323,14 @@ def chunk_documents(
   # The only uncovered token a document can have is its last one (a dropped 1-token tail).
   flat = docs.flat_values
   tail = tf.boolean_mask(tf.cast(docs.row_limits(), tf.int32) - 1, covered < doc_lens)
-  dropped = tf.scatter_nd(
-    tail[:, tf.newaxis], tf.ones_like(tail, tf.bool), tf.shape(flat, out_type=tf.int32)
-  )
-  values = tf.boolean_mask(flat, ~dropped)
+
+  def drop_tails():
+    dropped = tf.scatter_nd(
+      tail[:, tf.newaxis], tf.ones_like(tail, tf.bool), tf.shape(flat, out_type=tf.int32)
+    )
+    return tf.boolean_mask(flat, ~dropped)
+
+  # Usually nothing is dropped (always one document when concatenating): skip the copy.
+  values = tf.cond(tf.size(tail) > 0, drop_tails, lambda: flat)
   chunks = tf.RaggedTensor.from_row_lengths(values, tf.boolean_mask(lengths, keep), validate=False)
   return chunks, tf.boolean_mask(ids, keep)
