@@ -9,23 +9,11 @@ import numpy as np
 import pytest
 
 from t5x_ext import decoding, models, network
+from tests.tiny_network import tiny_config
 
 
 def config(**kw):
-  base = dict(
-    vocab_size=64,
-    emb_dim=32,
-    num_heads=4,
-    head_dim=8,
-    mlp_dim=48,
-    num_encoder_layers=1,
-    num_decoder_layers=2,
-    dtype="float32",
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-  )
-  base.update(kw)
-  return network.TransformerConfig(**base)
+  return tiny_config(**kw)
 
 
 def make(model_cls, cfg, batch, **kw):

@@ -26,21 +26,11 @@ def _main():
   import jax
   import numpy as np
 
-  from t5x_ext import models, network, partitioning
+  from t5x_ext import models, partitioning
+  from tests.tiny_network import tiny_config
 
   assert jax.device_count() == 8, jax.devices()
   mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "model": 2})
-  base = dict(
-    vocab_size=64,
-    emb_dim=32,
-    num_heads=4,
-    head_dim=8,
-    mlp_dim=48,
-    num_decoder_layers=2,
-    dtype="float32",
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-  )
   rng = np.random.RandomState(0)
   enc = rng.randint(2, 64, (4, 7)).astype(np.int32)
   causal = np.zeros((4, 9), np.int32)
@@ -50,7 +40,7 @@ def _main():
   cases = [
     (
       models.EncoderDecoderModel,
-      network.TransformerConfig(num_encoder_layers=1, **base),
+      tiny_config(num_encoder_layers=1),
       dict(
         encoder_input_tokens=enc,
         decoder_input_tokens=np.zeros((4, 5), np.int32),
@@ -59,7 +49,7 @@ def _main():
     ),
     (
       models.DecoderOnlyModel,
-      network.TransformerConfig(decoder_only=True, num_encoder_layers=0, scan_layers=True, **base),
+      tiny_config(decoder_only=True, num_encoder_layers=0, scan_layers=True),
       dict(
         decoder_input_tokens=prompts,
         decoder_target_tokens=prompts,

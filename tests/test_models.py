@@ -6,24 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_ext import losses, models, network
+from t5x_ext import losses, models
+from tests.tiny_network import tiny_config
 
 
 def config(**kw):
-  base = dict(
-    vocab_size=64,
-    emb_dim=32,
-    num_heads=4,
-    head_dim=8,
-    mlp_dim=48,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    dtype="float32",
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-  )
-  base.update(kw)
-  return network.TransformerConfig(**base)
+  return tiny_config(**{"num_decoder_layers": 1, **kw})
 
 
 def np_reference(logits, targets, weights, z_loss, smoothing):

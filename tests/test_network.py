@@ -7,23 +7,11 @@ import numpy as np
 import pytest
 
 from t5x_ext import axes, layers, network
+from tests import tiny_network
 
 
 def tiny_config(**kw):
-  base = dict(
-    vocab_size=64,
-    emb_dim=32,
-    num_heads=4,
-    head_dim=8,
-    mlp_dim=48,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-    dtype="float32",
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-  )
-  base.update(kw)
-  return network.TransformerConfig(**base)
+  return tiny_network.tiny_config(**{"num_encoder_layers": 2, **kw})
 
 
 def decoder_only_config(**kw):
