@@ -29,13 +29,17 @@ PARAMS_DIR = "params"
 MODEL_GIN = "model.gin"
 
 
-def model_gin(config, spec: HFT5Spec, source: str) -> str:
+def model_gin(
+  config, spec: HFT5Spec | None, source: str, *, header: list[str] | None = None
+) -> str:
   """A gin model file for `config`, in the style of `gin/models/`.
 
   Args:
     config: the `TransformerConfig` the params were converted for.
-    spec: the source's parsed config (for the comment).
+    spec: the source's parsed config (for the comment); unused with `header`.
     source: where the weights came from (for the comment).
+    header: comment lines (each starting with '#') to open the file with instead of the
+      Transformers ones (`python -m t5x_ext.t5x_ckpt.convert` passes its own).
 
   Returns:
     The file's text.
@@ -58,11 +62,15 @@ def model_gin(config, spec: HFT5Spec, source: str) -> str:
     ("layer_norm_epsilon", config.layer_norm_epsilon),
     ("scan_layers", config.scan_layers),
   ]
+  if header is None:
+    header = [
+      f"# Converted from the Transformers T5 checkpoint {source}",
+      f"# ({'gated-' if spec.gated else ''}{spec.activation}, "
+      f"{'tied, scaled' if config.logits_via_embedding else 'untied'} output layer).",
+      "# Written by `python -m t5x_ext.hf.convert`; params in ../params (restore_params).",
+    ]
   lines = [
-    f"# Converted from the Transformers T5 checkpoint {source}",
-    f"# ({'gated-' if spec.gated else ''}{spec.activation}, "
-    f"{'tied, scaled' if config.logits_via_embedding else 'untied'} output layer).",
-    "# Written by `python -m t5x_ext.hf.convert`; params in ../params (restore_params).",
+    *header,
     "from __gin__ import dynamic_registration",
     "from t5x_ext import models",
     "from t5x_ext import network",
