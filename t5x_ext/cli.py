@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
+from t5x_ext import gin_checks
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -112,6 +113,8 @@ def parse_gin(
 
   Raises:
     FileNotFoundError: naming a gin file that is nowhere on the path.
+    ValueError: a macro set by a binding that no gin file declares and nothing reads
+      (a typo such as `--gin.TRAIN_STEPZ=5`), naming it and the close names.
   """
   paths = list(search_paths) + gin_search_paths()
   for p in paths:
@@ -127,11 +130,14 @@ def parse_gin(
   for handler in root.handlers:
     handler.addFilter(quiet)
   try:
-    gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=finalize)
+    gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+    declared = gin_checks.bound_macros()
+    gin.parse_config_files_and_bindings([], list(gin_bindings), finalize_config=finalize)
   finally:
     root.removeFilter(quiet)
     for handler in root.handlers:
       handler.removeFilter(quiet)
+  gin_checks.check_flag_macros(gin_bindings, declared)
 
 
 class _DropGinPathMisses(logging.Filter):
