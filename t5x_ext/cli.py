@@ -231,3 +231,52 @@ def run(configured_main, argv: Sequence[str] | None = None, *, required_macros=(
   parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths)
   check_required_macros(required_macros, run_file_hint=hint)
   return configured_main()
+
+
+# What a user's settings, files or data can cause; anything else is a bug and keeps its
+# traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+  ValueError,
+  FileNotFoundError,
+  FileExistsError,
+  NotADirectoryError,
+  IsADirectoryError,
+  PermissionError,
+)
+TRACEBACK_ENV = "T5X_EXT_TRACEBACK"
+USER_ERROR_EXIT = 2
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+  """`USER_ERRORS` plus the project's own user-facing error classes.
+
+  Returns:
+    Exception types whose message is shown without a traceback.
+  """
+  from t5x_ext import run_lock
+
+  return (*USER_ERRORS, run_lock.RunLockError)
+
+
+def main_guard(main_fn, argv: Sequence[str] | None = None) -> int:
+  """Runs an entry point's `main`; a user error prints its message and exits non-zero.
+
+  The message goes to stderr as `error: ...` without the Python traceback (set
+  T5X_EXT_TRACEBACK=1 to see it). Other exceptions propagate unchanged.
+
+  Args:
+    main_fn: the entry point's `main(argv)`.
+    argv: arguments (default `sys.argv[1:]`).
+
+  Returns:
+    0 on success (a user error exits with status 2 through SystemExit).
+  """
+  try:
+    main_fn(argv)
+  except user_error_types() as e:
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    print(f"(set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
+    raise SystemExit(USER_ERROR_EXIT) from None
+  return 0
