@@ -490,11 +490,12 @@ class DecoderOnlyModel(BaseModel):
       next_causal = next_causal & (jnp.pad(seg[:, 1:], ((0, 0), (0, 1))) == seg)
     return ((targets > 0) & ~next_causal).astype(jnp.float32)
 
-  def _features(self, batch: Batch) -> dict[str, Array]:
-    features = super()._features(batch)
-    if not self.inputs_bidirectional_attention:
-      features.pop("decoder_causal_attention", None)
-    return features
+  def _apply(self, params, batch: Batch, dropout_rng: Array | None) -> Array:
+    if not self.inputs_bidirectional_attention and "decoder_causal_attention" in batch:
+      # A causal LM on prefix-LM batches: the prefix is attended causally. Only the
+      # network's view drops the feature; prediction still reads it to find the prompt.
+      batch = {k: v for k, v in batch.items() if k != "decoder_causal_attention"}
+    return super()._apply(params, batch, dropout_rng)
 
   def _predict(self, params, features, rng, **kw) -> Array:
     inputs_BP = features["decoder_input_tokens"]
