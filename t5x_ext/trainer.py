@@ -111,6 +111,8 @@ class Trainer:
     mesh: the device mesh.
     rules: logical axis rules.
     state_shardings: a `TrainState` of NamedShardings (after `init_state`/`abstract_state`).
+    compiled_train_step: the `jax.stages.Compiled` step of the last `compile_train_step`
+      (None before), e.g. for its `memory_analysis()`; `train_step` then runs it.
   """
 
   def __init__(
@@ -153,6 +155,7 @@ class Trainer:
     self._train_step = None
     self._eval_step = None
     self.compile_seconds: float | None = None
+    self.compiled_train_step: jax.stages.Compiled | None = None
 
   # ----------------------------------------------------------------------------- state
 
@@ -303,6 +306,7 @@ class Trainer:
       compiled = jitted.lower(abstract, shapes).compile()
     self.compile_seconds = time.perf_counter() - start
     self._train_step = compiled
+    self.compiled_train_step = compiled
     return self.compile_seconds
 
   def eval_step(self, params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
