@@ -1,4 +1,4 @@
-"""The training loop: input prefetching, logging, checkpointing and the NaN stop.
+"""The training loop: input prefetching, logging, evaluation, checkpointing and the NaN stop.
 
   batches = Prefetcher(numpy_iterator, trainer.shard_batch)
   state = train_loop(trainer, state, batches, train_steps=1000, writer=w, checkpointer=c)
@@ -135,6 +135,7 @@ def train_loop(
   denoiser_groups: Mapping[str, Sequence[int]] | None = None,
   on_log: Callable[[int, dict[str, float]], None] | None = None,
   position_fn: Callable[[Any], Any] | None = None,
+  evaluator: Any | None = None,
 ) -> TrainState:
   """Runs train steps from `state.step` up to `train_steps`.
 
@@ -156,6 +157,11 @@ def train_loop(
     denoiser_groups: pooled per-denoiser losses (e.g. per mode prefix).
     on_log: called with `(step, scalars)` at each logging step (tests, notebooks).
     position_fn: maps the data position before it is saved (e.g. drops per-process keys).
+    evaluator: evaluation during training (a `periodic_eval.PeriodicEvaluator`):
+      `due(step, is_last=...)` is asked every step and `evaluate(step, params)` runs when it
+      says so, after logging and before that step's checkpoint is saved (so a checkpoint at
+      step S implies the evaluation of S was written). It only reads the params; its time is
+      left out of the next interval's throughput.
 
   Returns:
     The final state.
@@ -192,8 +198,9 @@ def train_loop(
     is_last = step == train_steps
     should_log = step % log_every == 0 or is_last
     save_due = checkpointer is not None and (is_last or checkpointer.should_save(step))
-    if should_log or save_due:
-      fetch_and_check()
+    eval_due = evaluator is not None and evaluator.due(step, is_last=is_last)
+    if should_log or save_due or eval_due:
+      fetch_and_check()  # never evaluate or save a diverged state
     if should_log:
       scalars = metrics_lib.summarize(
         acc,
@@ -214,6 +221,11 @@ def train_loop(
       wait_at_reset = getattr(batches, "wait_seconds", 0.0)
     if progress is not None:
       progress.update(step, scalars if should_log else None)
+    if eval_due:
+      eval_start = time.perf_counter()
+      evaluator.evaluate(step, state.params)
+      # Throughput is of training: the next interval's clock skips the evaluation.
+      acc.start_time += time.perf_counter() - eval_start
     if save_due:
       saved_position = position_fn(position) if position_fn else position
       checkpointer.save(step, state, saved_position, force=is_last)

@@ -14,6 +14,12 @@ Every setting is checked before anything is compiled, with the setting and value
 A run restores the newest checkpoint in MODEL_DIR/checkpoints (params, optimizer state,
 step and data position) and continues exactly; `restore_params_from` (fine-tuning) is used
 only when MODEL_DIR has no checkpoint yet.
+
+With `eval_period` set (EVAL_PERIOD; the run files default it to CHECKPOINT_EVERY), the
+params are evaluated on the task's validation split every `eval_period` steps and at the last
+step (`t5x_ext.periodic_eval`): `eval/loss`, `eval/loss/<denoiser>`, `eval/loss/<mode>`, the
+task's SeqIO metrics, to MODEL_DIR/metrics/eval.jsonl, MODEL_DIR/tensorboard/eval and the
+console. A task without a validation split gets a warning and no evaluation.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import jax
 import numpy as np
 import optax
 
-from t5x_ext import checkpointing, loop, optimizers, partitioning
+from t5x_ext import checkpointing, loop, optimizers, partitioning, periodic_eval
 from t5x_ext import metrics as metrics_lib
 from t5x_ext.trainer import Trainer, TrainState
 
@@ -47,6 +53,8 @@ class TrainResult:
     model_dir: the run directory.
     last_metrics: the scalars of the last logging step.
     samples: the printed samples (dicts with mode, denoiser, inputs, targets, prediction).
+    eval_metrics: the results of the last evaluation during training (`eval/loss`, ...), or
+      {} when there was none.
   """
 
   state: TrainState
@@ -54,6 +62,7 @@ class TrainResult:
   model_dir: str
   last_metrics: dict[str, float]
   samples: list[dict[str, str]]
+  eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -144,6 +153,60 @@ def _tensorboard_writer(logdir: str):
   return metric_writers.SummaryWriter(logdir)
 
 
+def _build_evaluator(
+  trainer,
+  *,
+  provider,
+  mixture_or_task_name,
+  lengths,
+  model_dir,
+  start,
+  period,
+  max_batches,
+  predict_examples,
+  rows,
+  template,
+  shard,
+  pack,
+  use_cached,
+  denoiser_groups,
+  tensorboard,
+  say,
+) -> periodic_eval.PeriodicEvaluator | None:
+  is_chief = jax.process_index() == 0
+  eval_jsonl = pathlib.Path(model_dir) / "metrics" / "eval.jsonl"
+  if not period:
+    if is_chief and start and eval_jsonl.exists():
+      # Evaluations of steps after the restored one belong to a future that was not kept.
+      metrics_lib.JsonlWriter(eval_jsonl, truncate_after=start).close()
+    return None
+  writers: list[Any] = []
+  if is_chief:
+    writers.append(metrics_lib.JsonlWriter(eval_jsonl, truncate_after=start))
+    if tensorboard:
+      tb = _tensorboard_writer(os.path.join(model_dir, "tensorboard", "eval"))
+      if tb is not None:
+        writers.append(tb)
+  return periodic_eval.build(
+    trainer,
+    provider=provider,
+    mixture_or_task_name=mixture_or_task_name,
+    lengths=lengths,
+    period=period,
+    max_batches=max_batches,
+    predict_examples=predict_examples,
+    rows=rows,
+    template=template,
+    shard_id=shard[0],
+    num_shards=shard[1],
+    pack=pack,
+    use_cached=use_cached,
+    denoiser_groups=denoiser_groups,
+    writer=metrics_lib.MultiWriter(writers) if writers else None,
+    say=say,
+  )
+
+
 def _print_samples(trainer, params, mixture_or_task_name, lengths, *, per_mode, decode_len, say):
   from t5x_ext import run_data
 
@@ -213,6 +276,9 @@ def train(
   sample_decode_len: int = 32,
   peak_flops_per_device: float | None = None,
   check_sharding: bool = True,
+  eval_period: int | None = None,
+  eval_batches: int | None = 20,
+  evaluator_num_examples: int | None = 128,
 ) -> TrainResult:
   """Trains `model` on a SeqIO task or mixture, with checkpoints, metrics and resume.
 
@@ -247,6 +313,12 @@ def train(
     sample_decode_len: decoding length of those samples.
     peak_flops_per_device: for the MFU estimate; default from the device kind (None on CPU).
     check_sharding: with fsdp or model > 1, fail if a parameter over 1 MiB is replicated.
+    eval_period: evaluate on the validation split every this many steps and at the last step
+      (EVAL_PERIOD); None or 0: no evaluation during training. Batches of
+      `batch_size // num_microbatches` rows, sharded over processes like training.
+    eval_batches: validation batches per evaluation (EVAL_BATCHES); None: the whole split.
+    evaluator_num_examples: validation examples decoded for the task's SeqIO metrics, when
+      the task has any (EVALUATOR_NUM_EXAMPLES); 0: none, None: all.
 
   Returns:
     A `TrainResult`.
@@ -279,6 +351,20 @@ def train(
   lengths = {k: int(v) for k, v in task_feature_lengths.items()}
   denoisers = run_data.denoisers_of(provider) or ()
   tx = _build_optimizer(optimizer, learning_rate)
+  eval_period, eval_batches, evaluator_num_examples = periodic_eval.check_settings(
+    eval_period, eval_batches, evaluator_num_examples
+  )
+  eval_warning = None
+  if eval_period and not periodic_eval.has_split(provider):
+    # Warn and train on: the run files turn evaluation on by default, and a corpus of the
+    # user's own files often has only a train split.
+    eval_warning = (
+      f"EVAL_PERIOD = {eval_period}, but {mixture_or_task_name!r} has no "
+      f"{periodic_eval.EVAL_SPLIT!r} split (splits: {sorted(provider.splits)}): no evaluation "
+      "during training. Set EVAL_PERIOD = 0 to silence this."
+    )
+    logging.warning(eval_warning)
+    eval_period = None
 
   # ---- data: this process's shard of every global batch.
   from t5x_ext.data import pipeline
@@ -367,6 +453,27 @@ def train(
   writer = metrics_lib.MultiWriter(writers)
   progress = metrics_lib.Progress(train_steps, start, enabled=is_chief and progress_bar)
   last: dict[str, float] = {}
+  if eval_warning:
+    say(eval_warning)
+  evaluator = _build_evaluator(
+    trainer,
+    provider=provider,
+    mixture_or_task_name=mixture_or_task_name,
+    lengths=lengths,
+    model_dir=model_dir,
+    start=start,
+    period=eval_period,
+    max_batches=eval_batches,
+    predict_examples=evaluator_num_examples,
+    rows=batch_size // num_microbatches,
+    template=first,
+    shard=(shard_id, num_shards),
+    pack=pack,
+    use_cached=use_cached,
+    denoiser_groups=run_data.denoiser_groups(denoisers),
+    tensorboard=tensorboard,
+    say=progress.write if is_chief else None,
+  )
 
   def on_log(step, scalars):
     last.clear()
@@ -392,11 +499,14 @@ def train(
       denoiser_groups=run_data.denoiser_groups(denoisers),
       on_log=on_log,
       position_fn=_position_for_checkpoint,
+      evaluator=evaluator,
     )
   finally:
     batches.close()
     progress.close()
     writer.close()
+    if evaluator is not None:
+      evaluator.close()
     ckpt.close()
 
   samples: list[dict[str, str]] = []
@@ -410,7 +520,8 @@ def train(
       decode_len=min(sample_decode_len, lengths.get("targets", sample_decode_len)),
       say=say,
     )
-  return TrainResult(state, trainer, model_dir, dict(last), samples)
+  eval_metrics = dict(evaluator.last) if evaluator is not None else {}
+  return TrainResult(state, trainer, model_dir, dict(last), samples, eval_metrics)
 
 
 def main(argv=None) -> TrainResult:
