@@ -494,7 +494,8 @@ def _resolve_params_source(path: epath.Path) -> tuple[epath.Path, bool]:
       return tree_dir, False  # a plain StandardCheckpointer tree (e.g. converted weights)
   raise FileNotFoundError(
     f"No checkpoint at {path}: expected a MODEL_DIR, a checkpoints directory, a step "
-    "directory, or a directory written by ocp.StandardCheckpointer (converted weights)."
+    "directory, a directory written by ocp.StandardCheckpointer (converted weights), or a "
+    "T5X checkpoint_<step> directory."
   )
 
 
@@ -509,7 +510,8 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
   `path` may be a MODEL_DIR, its `checkpoints/` directory (newest step), one step directory,
   or a directory written by `ocp.StandardCheckpointer().save(OUT / 'params', params)` (the
   converted Transformers weights; `OUT` itself works too; the tree may be the params or
-  `{'params': params}`).
+  `{'params': params}`), or a native T5X checkpoint (`checkpoint_<step>/`, its `checkpoint`
+  file, or a T5X MODEL_DIR; see `t5x_ext.t5x_ckpt.restore`).
   The optimizer state is not read; values are cast to the target dtypes (float32).
 
   Args:
@@ -523,6 +525,12 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
     FileNotFoundError: when `path` holds no checkpoint.
     ValueError: when parameter names or shapes differ from the target (names them).
   """
+  from t5x_ext.t5x_ckpt import t5x_format
+
+  if t5x_format.is_t5x_checkpoint(path):  # native T5X: sliced TensorStore reads per device
+    from t5x_ext.t5x_ckpt.restore import restore_params as restore_t5x_params
+
+    return restore_t5x_params(path, _to_abstract(abstract_params))
   path = epath.Path(path)
   source, in_state = _resolve_params_source(path)
   target = _to_abstract(abstract_params)
