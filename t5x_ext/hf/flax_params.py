@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from t5x_ext import network
+from t5x_ext.hf import names
 from t5x_ext.hf.hf_config import HFT5Spec
 from t5x_ext.hf.hf_weights import fold_logit_scale
 
@@ -126,18 +127,6 @@ def config_to_spec(config: network.TransformerConfig) -> HFT5Spec:
   )
 
 
-def _attention(w: dict, dtype) -> dict:
-  return {name: {"kernel": np.asarray(w[name], dtype)} for name in ("query", "key", "value", "out")}
-
-
-def _mlp(w: dict, dtype) -> dict:
-  return {name: {"kernel": np.asarray(k, dtype)} for name, k in w.items()}
-
-
-def _scale(x, dtype) -> dict:
-  return {"scale": np.asarray(x, dtype)}
-
-
 def to_flax_params(
   weights: dict, spec: HFT5Spec, config: network.TransformerConfig
 ) -> dict[str, dict]:
@@ -153,35 +142,15 @@ def to_flax_params(
     The 'params' collection as nested dicts of numpy arrays.
   """
   dt = config.params_dtype  # a numpy dtype, bfloat16 included (ml_dtypes)
-  params: dict = {"token_embedder": {"embedding": np.asarray(weights["embedding"], dt)}}
+  flat = dict(weights["params"])
   if not config.logits_via_embedding:
-    params["logits_dense"] = {"kernel": np.asarray(fold_logit_scale(weights, spec), dt)}
-  enc, dec = weights["encoder"], weights["decoder"]
-  encoder: dict = {
-    "relpos_bias": {"rel_embedding": np.asarray(enc["relpos"].T, dt)},
-    "encoder_norm": _scale(enc["final_norm"], dt),
-  }
-  for i, w in enumerate(enc["layers"]):
-    encoder[f"layers_{i}"] = {
-      "pre_attention_layer_norm": _scale(w["pre_self_attention_norm"], dt),
-      "attention": _attention(w["self_attention"], dt),
-      "pre_mlp_layer_norm": _scale(w["pre_mlp_norm"], dt),
-      "mlp": _mlp(w["mlp"], dt),
-    }
-  decoder: dict = {
-    "relpos_bias": {"rel_embedding": np.asarray(dec["relpos"].T, dt)},
-    "decoder_norm": _scale(dec["final_norm"], dt),
-  }
-  for i, w in enumerate(dec["layers"]):
-    decoder[f"layers_{i}"] = {
-      "pre_self_attention_layer_norm": _scale(w["pre_self_attention_norm"], dt),
-      "self_attention": _attention(w["self_attention"], dt),
-      "pre_cross_attention_layer_norm": _scale(w["pre_cross_attention_norm"], dt),
-      "encoder_decoder_attention": _attention(w["cross_attention"], dt),
-      "pre_mlp_layer_norm": _scale(w["pre_mlp_norm"], dt),
-      "mlp": _mlp(w["mlp"], dt),
-    }
-  params["encoder"], params["decoder"] = encoder, decoder
+    flat[names.LOGITS_PATH] = fold_logit_scale(weights, spec)
+  params: dict = {}
+  for path, value in flat.items():
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = np.asarray(value, dt)
   if config.scan_layers:
     params = network.stack_layer_params(params)
   return params
