@@ -164,6 +164,7 @@ def evaluate(
   max_predict_examples: int | None = None,
   pack: bool = False,
   seed: int = 0,
+  verbose: bool = True,
 ) -> dict[str, float]:
   """Teacher-forced and SeqIO metrics of a checkpoint on a split.
 
@@ -186,6 +187,7 @@ def evaluate(
     pack: pack the teacher-forced batches (faster; same per-token metrics).
     seed: seed of the tasks' random preprocessors (fixed, so every checkpoint sees the same
       eval examples).
+    verbose: print the results (JSON).
 
   Returns:
     `{"step": step, "eval/loss": ..., "eval/<task>/<metric>": ...}`.
@@ -261,12 +263,34 @@ def evaluate(
     writer = metrics_lib.JsonlWriter(pathlib.Path(model_dir) / "metrics" / "eval.jsonl")
     writer.write_scalars(results["step"], {k: v for k, v in results.items() if k != "step"})
     writer.close()
-    print(json.dumps(results, indent=1, sort_keys=True))
+    if verbose:
+      print(json.dumps(results, indent=1, sort_keys=True))
   return results
 
 
+SUITE_REQUIRED_MACROS = ("MODEL_DIR",)
+
+
+def _configured_function(gin, fn):
+  """`fn` as gin configures it, or None when the parsed files bind nothing of it.
+
+  Registration outlives `gin.clear_config` (a notebook or test that once parsed the suite's
+  run file), so what counts is a binding of `fn`'s `model` parameter, which both run files set.
+  """
+  selector = f"{fn.__module__}.{fn.__name__}"
+  try:
+    gin.query_parameter(f"{selector}.model")
+  except ValueError:
+    return None
+  return gin.get_configurable(fn)
+
+
 def main(argv=None) -> dict[str, float]:
-  """Runs `evaluate` configured by gin flags (see `t5x_ext.cli`).
+  """Runs `evaluate`, or the evaluation suite, as the gin flags configure it (`t5x_ext.cli`).
+
+  `runs/eval.gin` configures `evaluate`; `runs/eval_suite.gin` configures
+  `t5x_ext.evaluation.suite.run_suite` (then the suite runs, and its required macros are
+  checked instead).
 
   Args:
     argv: command-line arguments (default `sys.argv[1:]`).
@@ -276,17 +300,23 @@ def main(argv=None) -> dict[str, float]:
   """
   import gin
   from t5x_ext import cli
+  from t5x_ext.evaluation import suite
 
   def configured():
-    try:
-      fn = gin.get_configurable(evaluate)
-    except (KeyError, ValueError):
+    fn = _configured_function(gin, suite.run_suite)
+    if fn is not None:
+      cli.check_required_macros(SUITE_REQUIRED_MACROS, run_file_hint="gin/runs/eval_suite.gin")
+      return fn()
+    fn = _configured_function(gin, evaluate)
+    if fn is None:
       raise ValueError(
-        "The gin files do not configure t5x_ext.eval.evaluate; include 'runs/eval.gin'."
-      ) from None
+        "The gin files configure neither t5x_ext.eval.evaluate nor the evaluation suite; "
+        "include 'runs/eval.gin' or 'runs/eval_suite.gin'."
+      )
+    cli.check_required_macros(REQUIRED_MACROS, run_file_hint="gin/runs/eval.gin")
     return fn()
 
-  return cli.run(configured, argv, required_macros=REQUIRED_MACROS, hint="gin/runs/eval.gin")
+  return cli.run(configured, argv)
 
 
 if __name__ == "__main__":
