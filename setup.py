@@ -56,8 +56,12 @@ setuptools.setup(
   version="0.1.0",
   description=__doc__,
   python_requires=">=3.11",
-  packages=setuptools.find_packages(include=["t5x_ext", "t5x_ext.*", "tasks", "tasks.*"]),
-  package_data={"tasks": ["data/*"]},
+  # The gin files stay in the top-level gin/ where users read them; the wheel carries them
+  # as t5x_ext/gin/ (package data), where t5x_ext.cli looks when there is no source tree.
+  packages=setuptools.find_packages(include=["t5x_ext", "t5x_ext.*", "tasks", "tasks.*"])
+  + ["t5x_ext.gin"],
+  package_dir={"t5x_ext.gin": "gin"},
+  package_data={"tasks": ["data/*"], "t5x_ext.gin": ["*/*.gin", "*/*/*.gin"]},
   include_package_data=True,
   install_requires=INSTALL_REQUIRES,
   extras_require=EXTRAS,

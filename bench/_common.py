@@ -6,6 +6,7 @@ The benchmarks print one JSON object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -54,17 +55,11 @@ def load_gin_model(gin_files: list[str], bindings: list[str]):
   import gin
   from t5x_ext import cli
 
-  for path in cli.gin_search_paths():
-    gin.add_config_file_search_path(path)
-
-  @gin.configurable("bench_model", denylist=[])
-  def _bench_model(model=gin.REQUIRED):
-    return model
-
-  gin.parse_config_files_and_bindings(
-    gin_files, list(bindings) + ["bench_model.model = %MODEL"], finalize_config=False
-  )
-  return _bench_model()
+  # As the entry points parse: files looked up in the working directory, then the gin
+  # search path (so `models/t5_1_1/small.gin` works from anywhere), includes resolved on
+  # that path without gin's "Path not found" noise; a file that is nowhere still fails.
+  cli.parse_gin(gin_files, bindings)
+  return copy.deepcopy(gin.query_parameter("MODEL/macro.value"))  # evaluates the reference
 
 
 def log(msg: str) -> None:

@@ -12,14 +12,16 @@ T5X-style flags:
                            pods and SLURM the arguments are detected), optionally with
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 
-The gin search path always holds the repository's `gin/` directory (next to the installed
-`t5x_ext` package, as with `pip install -e .`) and `t5x_ext/gin` if a packaged copy exists, so
-`include 'models/t5_1_1/tiny.gin'` works from any working directory.
+The gin search path always holds the project's gin files: the source tree's `gin/` (a
+checkout, or `pip install -e .`) or else the copy a wheel or `pip install .` ships inside the
+package (`t5x_ext/gin`), so `--gin_file=local/ul2_tiny.gin` and `include
+'models/t5_1_1/tiny.gin'` work from any working directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import logging
 import os
 import pathlib
@@ -37,10 +39,19 @@ def gin_search_paths() -> list[str]:
   """Directories where gin looks for `include`d and `--gin_file` files.
 
   Returns:
-    Existing directories: the repository's `gin/` and a packaged `t5x_ext/gin`.
+    One directory: the source tree's `gin/` when `t5x_ext` is imported from a checkout
+    (edits there take effect), else the package data of an installed wheel. Empty if
+    neither exists.
   """
-  candidates = [PACKAGE_DIR.parent / "gin", PACKAGE_DIR / "gin"]
-  return [str(p) for p in candidates if p.is_dir()]
+  # Next to an installed package, `../gin` is gin-config's own package: only a directory
+  # holding our run files counts as the source tree.
+  source = PACKAGE_DIR.parent / "gin"
+  if (source / "runs").is_dir():
+    return [str(source)]
+  packaged = importlib.resources.files("t5x_ext").joinpath("gin")
+  if packaged.is_dir():
+    return [str(packaged)]
+  return []
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
@@ -118,13 +129,15 @@ def parse_gin(
   """
   paths = list(search_paths) + gin_search_paths()
   for p in paths:
-    gin.add_config_file_search_path(p)
+    if p not in _ADDED_SEARCH_PATHS:  # gin keeps appending duplicates otherwise
+      _ADDED_SEARCH_PATHS.add(p)
+      gin.add_config_file_search_path(p)
   # gin resolves `include` relative to the search path but the top-level files we resolve
   # ourselves, to give a clear error naming the flag.
   files = [_resolve_gin_file(f, paths) for f in gin_files]
   # gin's package-resource reader logs an ERROR for every search-path miss of an include
   # ("Path not found"), even when a later prefix finds the file; those lines are noise.
-  quiet = _DropGinPathMisses()
+  quiet = _DropGinPathMisses(paths)
   root = logging.getLogger()
   root.addFilter(quiet)
   for handler in root.handlers:
@@ -140,9 +153,30 @@ def parse_gin(
   gin_checks.check_flag_macros(gin_bindings, declared)
 
 
+_ADDED_SEARCH_PATHS: set[str] = set()
+
+
 class _DropGinPathMisses(logging.Filter):
+  """Drops gin's "Path not found: X" only when X is found under a later search path.
+
+  gin tries each include under every search prefix, the working directory first, and its
+  package-resource reader logs each miss as an ERROR. A miss that the search path resolves
+  is noise; one that it does not is kept (gin then raises, listing the paths).
+  """
+
+  def __init__(self, search_paths: Sequence[str]):
+    super().__init__()
+    self._paths = [str(p) for p in search_paths]
+
   def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Path not found")
+    if not str(record.msg).startswith("Path not found") or not record.args:
+      return True
+    missed = str(record.args[0])
+    rels = [missed] + [
+      os.path.relpath(missed, p) for p in self._paths if missed.startswith(p.rstrip("/") + "/")
+    ]
+    found = any(os.path.isfile(os.path.join(p, r)) for p in self._paths for r in rels)
+    return not found
 
 
 def macro_value(name: str, default: Any = None) -> Any:
