@@ -26,6 +26,7 @@ import logging
 import os
 import pathlib
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,7 +151,57 @@ def parse_gin(
     root.removeFilter(quiet)
     for handler in root.handlers:
       handler.removeFilter(quiet)
-  gin_checks.check_flag_macros(gin_bindings, declared)
+  gin_checks.check_flag_macros(gin_bindings, declared | set(CLI_MACROS))
+
+
+# Macros that the command-line plumbing itself reads (no run file has to declare them).
+CLI_MACROS = ("MIXTURE_OR_TASK_MODULE",)
+
+
+def import_task_modules(modules: Any = None) -> list[str]:
+  """Imports the modules named by MIXTURE_OR_TASK_MODULE, for their task registrations.
+
+  T5X's convention: `--gin.MIXTURE_OR_TASK_MODULE="'my_project.tasks'"` makes the SeqIO
+  tasks that module registers available to MIXTURE_OR_TASK_NAME. Modules are found on
+  `sys.path` (the working directory included when run with `python -m`).
+
+  Args:
+    modules: a module name, a list of them, or None; default: the macro's value.
+
+  Returns:
+    The imported module names.
+
+  Raises:
+    ValueError: naming MIXTURE_OR_TASK_MODULE when a module cannot be found.
+  """
+  import importlib
+
+  if modules is None:
+    modules = macro_value("MIXTURE_OR_TASK_MODULE")
+  if modules is None:
+    return []
+  names = [modules] if isinstance(modules, str) else list(modules)
+  for name in names:
+    if not isinstance(name, str):
+      raise ValueError(f"MIXTURE_OR_TASK_MODULE = {modules!r}: expected module names.")
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name is None or not name.startswith(e.name):
+        raise  # the module exists but imports something missing: its own error
+      raise ValueError(
+        f"MIXTURE_OR_TASK_MODULE = {modules!r}: no module {name!r} on sys.path ({e})."
+      ) from None
+  return names
+
+
+def _unset_required_macros() -> list[str]:
+  """Macros still `%gin.REQUIRED` that some binding reads (e.g. TEXT_FILES)."""
+  return sorted(
+    name
+    for name in gin_checks.read_macros()
+    if _is_required_marker(macro_value(name, default=None))
+  )
 
 
 _ADDED_SEARCH_PATHS: set[str] = set()
@@ -247,7 +298,8 @@ def maybe_initialize_distributed(args: argparse.Namespace) -> None:
 
 
 def run(configured_main, argv: Sequence[str] | None = None, *, required_macros=(), hint="") -> Any:
-  """Parses flags and gin, checks required macros, then calls `configured_main()`.
+  """Parses flags and gin, checks required macros, imports MIXTURE_OR_TASK_MODULE, then
+  calls `configured_main()`.
 
   Args:
     configured_main: a zero-argument callable that reads everything from gin.
@@ -264,6 +316,10 @@ def run(configured_main, argv: Sequence[str] | None = None, *, required_macros=(
   maybe_initialize_distributed(args)
   parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths)
   check_required_macros(required_macros, run_file_hint=hint)
+  # Any other `%gin.REQUIRED` macro that a setting reads (a run file's own, such as
+  # runs/text_files.gin's TEXT_FILES) fails here too, named, rather than deep in gin.
+  check_required_macros(_unset_required_macros())
+  import_task_modules()
   return configured_main()
 
 
@@ -287,30 +343,81 @@ def user_error_types() -> tuple[type[BaseException], ...]:
   Returns:
     Exception types whose message is shown without a traceback.
   """
-  from t5x_ext import run_lock
+  from t5x_ext import checkpointing, run_lock
 
-  return (*USER_ERRORS, run_lock.RunLockError)
+  return (*USER_ERRORS, run_lock.RunLockError, checkpointing.CheckpointSaveError)
 
 
-def main_guard(main_fn, argv: Sequence[str] | None = None) -> int:
-  """Runs an entry point's `main`; a user error prints its message and exits non-zero.
+STOPPED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
 
-  The message goes to stderr as `error: ...` without the Python traceback (set
-  T5X_EXT_TRACEBACK=1 to see it). Other exceptions propagate unchanged.
+
+def exit_status(result: Any) -> int:
+  """The process exit status for what an entry point's `main` returned.
+
+  Args:
+    result: `main`'s return value; a result with a true `stopped_by_signal` attribute (a run
+      that checkpointed at SIGTERM and stopped early) gives `STOPPED_EXIT`.
+
+  Returns:
+    0 or `STOPPED_EXIT`.
+  """
+  return STOPPED_EXIT if getattr(result, "stopped_by_signal", False) else 0
+
+
+def _flush_and_exit(status: int) -> None:
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  logging.shutdown()
+  try:
+    import jax
+
+    if jax.process_count() > 1:
+      jax.distributed.shutdown()
+  except Exception:  # noqa: BLE001 - leaving anyway
+    pass
+  # Skip interpreter teardown: destroying tf.data's thread pools and iterators there can block
+  # for tens of seconds (or forever, after an input error); everything the run writes has
+  # been closed and flushed by now.
+  os._exit(status)
+
+
+def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and_exit) -> None:
+  """Runs an entry point's `main`, then exits the process promptly with a telling status.
+
+  - success: 0; a run stopped by SIGTERM after its checkpoint: `STOPPED_EXIT` (143);
+  - a user error (bad setting, path, data; a held MODEL_DIR lock; a failed checkpoint
+    write): `error: <message>` on stderr without the Python traceback, status 2 (set
+    T5X_EXT_TRACEBACK=1 to see the traceback);
+  - any other exception: its traceback, status 1; Ctrl-C: 130.
 
   Args:
     main_fn: the entry point's `main(argv)`.
     argv: arguments (default `sys.argv[1:]`).
-
-  Returns:
-    0 on success (a user error exits with status 2 through SystemExit).
+    exit_fn: ends the process with a status (tests pass a recorder).
   """
+  status = 1
   try:
-    main_fn(argv)
+    status = exit_status(main_fn(argv))
+  except SystemExit as e:  # argparse's usage errors and explicit exits
+    if isinstance(e.code, int):
+      status = e.code
+    else:
+      if e.code is not None:
+        print(e.code, file=sys.stderr)
+      status = 0 if e.code is None else USER_ERROR_EXIT
+  except KeyboardInterrupt:
+    status = 130
   except user_error_types() as e:
     if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    print(f"(set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
-    raise SystemExit(USER_ERROR_EXIT) from None
-  return 0
+      traceback.print_exc()
+    else:
+      print(f"error: {e}", file=sys.stderr)
+      print(f"(set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
+    status = USER_ERROR_EXIT
+  except BaseException:  # noqa: BLE001 - a bug: show it, then still exit promptly
+    traceback.print_exc()
+    status = 1
+  exit_fn(status)

@@ -321,6 +321,7 @@ def main(argv=None) -> dict[str, float]:
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
+  from t5x_ext import cli as _cli
   from t5x_ext import eval as _eval_module  # the module gin binds, not `__main__`
 
-  _eval_module.main()
+  _cli.main_guard(_eval_module.main)

@@ -225,6 +225,7 @@ def main(argv=None) -> str:
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
+  from t5x_ext import cli as _cli
   from t5x_ext import infer as _infer_module  # the module gin binds, not `__main__`
 
-  _infer_module.main()
+  _cli.main_guard(_infer_module.main)

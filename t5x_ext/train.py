@@ -557,6 +557,7 @@ if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
   # Run through the importable module, not `__main__`, so gin files that configure
   # `t5x_ext.train.train` bind the function that runs.
+  from t5x_ext import cli as _cli
   from t5x_ext import train as _train_module
 
-  _train_module.main()
+  _cli.main_guard(_train_module.main)
