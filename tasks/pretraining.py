@@ -1,7 +1,7 @@
 """Registering the pretraining objectives (UL2 MoD, UL2R, T5 span corruption, prefix LM,
 causal LM) over any text source.
 
-Every source registers the same five tasks, `<prefix>_<objective>_v1`, whose preprocessors are:
+Every source registers the same seven tasks, `<prefix>_<objective>_v1`, whose preprocessors are:
 
   rekey(text -> targets) -> tokenize -> mixture_of_denoisers(denoisers, append_eos=True)
 
@@ -14,6 +14,7 @@ Before/after (UL2 MoD, tiny): {"text": "a b c d"} -> {"inputs": [[NLU] a <extra_
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 
@@ -23,6 +24,17 @@ from t5x_ext import objectives
 
 VERSION = "v1"
 
+# [UL2] Sec. 4 ablations: the UL2 mixture without its mode prefixes (the same denoisers and
+# rates, `mode=""`), and SCLM, T5 span corruption (mu=3, r=0.15) and a causal LM mixed in
+# equal parts, both without prefixes, as the paper describes its SCLM baseline.
+UL2_DENOISERS_NO_PREFIX: tuple = tuple(
+  dataclasses.replace(d, mode="") for d in objectives.UL2_DENOISERS
+)
+SCLM_DENOISERS: tuple = (
+  dataclasses.replace(objectives.T5_SPAN_CORRUPTION[0], rate=0.5),
+  dataclasses.replace(objectives.CAUSAL_LM[0], rate=0.5),
+)
+
 # Objective name -> denoisers; the name is part of the task name.
 OBJECTIVES: dict[str, tuple] = {
   "ul2_mod": objectives.UL2_DENOISERS,
@@ -30,6 +42,8 @@ OBJECTIVES: dict[str, tuple] = {
   "span_corruption": objectives.T5_SPAN_CORRUPTION,
   "prefix_lm": objectives.PREFIX_LM,
   "causal_lm": objectives.CAUSAL_LM,
+  "ul2_mod_noprefix": UL2_DENOISERS_NO_PREFIX,
+  "sclm": SCLM_DENOISERS,
 }
 
 
@@ -152,7 +166,7 @@ def register_objectives(
     source: a SeqIO data source yielding `text_key` strings.
     vocabulary: the vocabulary of `inputs` and `targets`.
     text_key: the source's text feature.
-    objectives_map: objective name -> denoisers; default `OBJECTIVES` (all five).
+    objectives_map: objective name -> denoisers; default `OBJECTIVES` (all of them).
     mode_prefix: "text" or "token" (see `denoising_preprocessors`).
     mode_token_ids: {mode: id} for "token".
     version: version suffix of the names.

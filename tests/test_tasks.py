@@ -14,7 +14,15 @@ from t5x_ext import objectives
 from tasks import corpus, finetune, pretraining, vocab
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-OBJECTIVE_NAMES = ("ul2_mod", "ul2r_mod", "span_corruption", "prefix_lm", "causal_lm")
+OBJECTIVE_NAMES = (
+  "ul2_mod",
+  "ul2r_mod",
+  "span_corruption",
+  "prefix_lm",
+  "causal_lm",
+  "ul2_mod_noprefix",
+  "sclm",
+)
 LENGTHS = {"inputs": 128, "targets": 128}
 
 
