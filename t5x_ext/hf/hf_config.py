@@ -30,6 +30,16 @@ _ACTIVATIONS = {
   "silu": "silu",
   "swish": "silu",
   "gelu": "gelu_exact",
+  "gelu_python": "gelu_exact",
+}
+
+# This project's activation -> Transformers' `feed_forward_proj` (plain, gated). Gated exact
+# GELU cannot be written `gated-gelu` (Transformers reads that as the tanh GELU).
+_FEED_FORWARD_PROJ = {
+  "relu": ("relu", "gated-relu"),
+  "gelu": ("gelu_new", "gated-gelu"),
+  "gelu_exact": ("gelu", "gated-gelu_python"),
+  "silu": ("silu", "gated-silu"),
 }
 
 
@@ -187,3 +197,37 @@ def read_hf_config(directory: str | pathlib.Path) -> HFT5Spec:
   if not path.exists():
     raise FileNotFoundError(f"hf_dir={str(directory)!r} has no {CONFIG_FILE}")
   return parse_hf_config(json.loads(path.read_text()))
+
+
+def to_hf_config(spec: HFT5Spec) -> dict:
+  """The Transformers T5 `config.json` fields that describe `spec` (inverse of `parse_hf_config`).
+
+  Args:
+    spec: the network.
+
+  Returns:
+    A dict for `transformers.T5Config(**d)` or `config.json`: `feed_forward_proj` (`relu`,
+    `gated-gelu`, `gated-silu`, ...), `tie_word_embeddings` (True: the tied, scaled output
+    layer of T5 1.0; False: T5.1.1/UL2's own `lm_head`), dimensions, relative attention
+    settings and special ids.
+  """
+  if spec.activation not in _FEED_FORWARD_PROJ:
+    raise ValueError(f"activation={spec.activation!r} has no Transformers T5 feed_forward_proj")
+  return {
+    "vocab_size": spec.vocab_size,
+    "d_model": spec.d_model,
+    "d_kv": spec.head_dim,
+    "d_ff": spec.d_ff,
+    "num_layers": spec.num_encoder_layers,
+    "num_decoder_layers": spec.num_decoder_layers,
+    "num_heads": spec.num_heads,
+    "relative_attention_num_buckets": spec.relative_attention_num_buckets,
+    "relative_attention_max_distance": spec.relative_attention_max_distance,
+    "dropout_rate": spec.dropout_rate,
+    "layer_norm_epsilon": spec.layer_norm_epsilon,
+    "feed_forward_proj": _FEED_FORWARD_PROJ[spec.activation][int(spec.gated)],
+    "tie_word_embeddings": spec.scale_logits,
+    "pad_token_id": spec.pad_token_id,
+    "eos_token_id": spec.eos_token_id,
+    "decoder_start_token_id": spec.decoder_start_token_id,
+  }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import pathlib
 import struct
+from collections.abc import Iterable
 
 import ml_dtypes
 import numpy as np
@@ -91,3 +92,75 @@ def read_state_dict(directory: str | pathlib.Path) -> dict[str, np.ndarray]:
         else:
           tensors[name] = f.get_tensor(name)
   return tensors
+
+
+# numpy dtype -> safetensors dtype tag, for writing.
+_WRITE_TAGS = {
+  np.dtype(np.float32): "F32",
+  np.dtype(np.float16): "F16",
+  np.dtype(ml_dtypes.bfloat16): "BF16",
+  np.dtype(np.int32): "I32",
+  np.dtype(np.int64): "I64",
+}
+
+
+def write_safetensors(
+  path: str | pathlib.Path,
+  layout: list[tuple[str, tuple[int, ...], np.dtype]],
+  values: Iterable[np.ndarray],
+  *,
+  metadata: dict[str, str] | None = None,
+) -> int:
+  """Writes one safetensors file tensor by tensor, holding one tensor in memory at a time.
+
+  The header (names, dtypes, shapes, byte offsets) is written first from `layout`; then each
+  array of `values` is checked against its entry and appended. The file is written under a
+  temporary name and renamed when complete, so a reader never sees half a file.
+
+  Args:
+    path: the file to write.
+    layout: (name, shape, dtype) of each tensor, in the order `values` yields them.
+    values: the arrays (numpy, C order is enforced here), e.g. a generator.
+    metadata: string metadata for the header (`{'format': 'pt'}` for Transformers).
+
+  Returns:
+    Bytes of tensor data written.
+
+  Raises:
+    ValueError: when an array's shape or dtype differs from its layout entry, or a dtype
+      has no safetensors tag.
+  """
+  path = pathlib.Path(path)
+  header: dict = {"__metadata__": dict(metadata or {})} if metadata else {}
+  offset = 0
+  for name, shape, dtype in layout:
+    dtype = np.dtype(dtype)
+    if dtype not in _WRITE_TAGS:
+      raise ValueError(f"tensor {name!r}: dtype {dtype} has no safetensors tag")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    header[name] = {
+      "dtype": _WRITE_TAGS[dtype],
+      "shape": list(shape),
+      "data_offsets": [offset, offset + nbytes],
+    }
+    offset += nbytes
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+  tmp = path.with_name(path.name + ".tmp")
+  count = 0
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for (name, shape, dtype), value in zip(layout, values, strict=True):
+      value = np.asarray(value)
+      if value.shape != tuple(shape) or value.dtype != np.dtype(dtype):
+        raise ValueError(
+          f"tensor {name!r}: got {value.dtype}{list(value.shape)}, the header says "
+          f"{np.dtype(dtype)}{list(shape)}"
+        )
+      # C order, written without a copy when the array is contiguous already; safetensors
+      # is little-endian, as are the hosts this runs on (x86, ARM).
+      f.write(np.ascontiguousarray(value).reshape(-1).view(np.uint8).data)
+      count += value.nbytes
+  tmp.replace(path)
+  return count

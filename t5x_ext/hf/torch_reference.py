@@ -10,44 +10,10 @@ from __future__ import annotations
 import json
 import pathlib
 
-from t5x_ext.hf.hf_config import HFT5Spec
+from t5x_ext.hf.hf_config import HFT5Spec, to_hf_config
 
-# This project's activation name -> Transformers' `feed_forward_proj` suffix.
-_HF_ACTIVATION = {"relu": "relu", "gelu": "gelu_new", "gelu_exact": "gelu", "silu": "silu"}
-
-
-def hf_config_dict(spec: HFT5Spec) -> dict:
-  """The `T5Config` keyword arguments that describe `spec`.
-
-  Args:
-    spec: the network.
-
-  Returns:
-    A dict for `transformers.T5Config(**d)`. The untied output layer of T5.1.1/UL2 is not a
-    config matter in Transformers 5 (see `build_torch_t5`).
-  """
-  if spec.gated and spec.activation == "gelu":
-    proj = "gated-gelu"
-  else:
-    proj = ("gated-" if spec.gated else "") + _HF_ACTIVATION[spec.activation]
-  return {
-    "vocab_size": spec.vocab_size,
-    "d_model": spec.d_model,
-    "d_kv": spec.head_dim,
-    "d_ff": spec.d_ff,
-    "num_layers": spec.num_encoder_layers,
-    "num_decoder_layers": spec.num_decoder_layers,
-    "num_heads": spec.num_heads,
-    "relative_attention_num_buckets": spec.relative_attention_num_buckets,
-    "relative_attention_max_distance": spec.relative_attention_max_distance,
-    "dropout_rate": spec.dropout_rate,
-    "layer_norm_epsilon": spec.layer_norm_epsilon,
-    "feed_forward_proj": proj,
-    "tie_word_embeddings": spec.scale_logits,
-    "pad_token_id": spec.pad_token_id,
-    "eos_token_id": spec.eos_token_id,
-    "decoder_start_token_id": spec.decoder_start_token_id,
-  }
+# Kept under its old name for callers of this module.
+hf_config_dict = to_hf_config
 
 
 def build_torch_t5(spec: HFT5Spec, *, seed: int = 0, untie_lm_head: bool | None = None):
