@@ -62,6 +62,10 @@ class NonFiniteStateError(FloatingPointError):
   """Raised instead of writing a checkpoint of a state with NaN or Inf in it."""
 
 
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written (e.g. the disk is full); training must stop."""
+
+
 def check_finite(tree: Any) -> bool:
   """Whether every floating-point leaf of `tree` is finite (no NaN/Inf).
 
@@ -199,6 +203,7 @@ class Checkpointer:
     )
     self._stop = threading.Event()
     self.stop_requested = False
+    self._pending_step: int | None = None  # an async save not yet checked for errors
     self._previous_handler = None
     # Several processes under jax.distributed: JAX's preemption service already catches
     # SIGTERM and agrees on a step without a device sync; a Python handler would replace it.
@@ -255,8 +260,53 @@ class Checkpointer:
     Returns:
       True when `save` should be called now.
     """
+    self.check_save_errors()
     # The interval is ours, not Orbax's should_save (which also saves the first step seen).
     return self.stop_check(step) or step % self.save_interval_steps == 0
+
+  def check_save_errors(self, *, wait: bool = False) -> None:
+    """Raises if a background save has failed; cheap while it is still running.
+
+    `should_save` calls it at every step, so a failed save (a full disk, a lost bucket)
+    stops training at the next step instead of a whole interval later. The failed save's
+    partial directory is removed; the last complete checkpoint is left as it was.
+
+    Args:
+      wait: wait for a running save to finish first.
+
+    Raises:
+      CheckpointSaveError: naming the step, the directory and the cause.
+    """
+    if self._pending_step is None:
+      return
+    if not wait and self._manager.is_saving_in_progress():
+      return
+    step, self._pending_step = self._pending_step, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - any write failure ends the run with one message
+      self._raise_save_error(step, e)
+
+  def _raise_save_error(self, step: int, error: BaseException) -> None:
+    removed = []
+    if jax.process_index() == 0 and self.directory.exists():
+      for child in self.directory.iterdir():
+        if child.name.startswith(f"{step}{TMP_MARKER}") or (
+          child.name == str(step) and not ocp.path.step.is_path_finalized(child)
+        ):
+          shutil.rmtree(child, ignore_errors=True)
+          removed.append(child.name)
+    last = self.latest_step()
+    kept = (
+      f"the last complete checkpoint is step {last}"
+      if last is not None
+      else "no complete checkpoint exists"
+    )
+    raise CheckpointSaveError(
+      f"Checkpoint of step {step} could not be written to {self.directory} "
+      f"({type(error).__name__}: {error}); {kept}"
+      f"{' (partial ' + ', '.join(removed) + ' removed)' if removed else ''}. Training stopped."
+    ) from error
 
   def save(
     self, step: int, state: Any, data_state: Mapping[str, Any] | None = None, *, force: bool = False
@@ -281,6 +331,7 @@ class Checkpointer:
       NonFiniteStateError: if the state holds NaN/Inf (nothing is written).
     """
     del force
+    self.check_save_errors(wait=True)  # Orbax would wait for it anyway, and re-raise later
     if step in self._manager.all_steps():
       saved = False  # e.g. the last step, already saved on the interval
     else:
@@ -294,9 +345,14 @@ class Checkpointer:
           DATA_ITEM: ocp.args.JsonSave(_jsonable(data_state)),
         }
       )
-      saved = self._manager.save(step, args=args, force=True)
+      try:
+        saved = self._manager.save(step, args=args, force=True)
+      except Exception as e:  # noqa: BLE001 - a synchronous write failure
+        self._raise_save_error(step, e)
+      if saved:
+        self._pending_step = step
     if self._stop.is_set():
-      self._manager.wait_until_finished()
+      self.check_save_errors(wait=True)
       self.stop_requested = True
       logger.warning("Stop requested (SIGTERM): checkpoint of step %d written; stopping.", step)
     return saved
@@ -317,16 +373,35 @@ class Checkpointer:
     return self.save(step, state, data_state)
 
   def wait(self) -> None:
-    """Blocks until any async save has been committed."""
+    """Blocks until any async save has been committed.
+
+    Raises:
+      CheckpointSaveError: if it failed.
+    """
+    self.check_save_errors(wait=True)
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves, releases Orbax resources and restores the SIGTERM handler."""
-    self._manager.wait_until_finished()
-    self._manager.close()
-    if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
+    """Waits for pending saves, releases Orbax resources and restores the SIGTERM handler.
+
+    Raises:
+      CheckpointSaveError: if the last save failed (resources are released first).
+    """
+    try:
+      self.check_save_errors(wait=True)
+    except CheckpointSaveError:
+      try:
+        self._manager.close()
+      except Exception:  # noqa: BLE001 - the save error is the one to report
+        logger.debug("Orbax close after a failed save", exc_info=True)
+      raise
+    else:
+      self._manager.close()
+    finally:
+      main = threading.current_thread() is threading.main_thread()
+      if self._previous_handler is not None and main:
+        signal.signal(signal.SIGTERM, self._previous_handler)
+        self._previous_handler = None
 
   def __enter__(self) -> Checkpointer:
     return self
