@@ -6,6 +6,14 @@
 
 `format="text"`: each line is one document. `format="jsonl"`: each line a JSON object whose
 `text_key` field is the document.
+
+From the command line (no Python), `gin/runs/text_files.gin` calls `text_files_task`, which
+registers one objective over the files named by the `TEXT_FILES` macro and returns its task
+name as `MIXTURE_OR_TASK_NAME`:
+
+  python -m t5x_ext.train --gin_file=local/ul2_tiny.gin --gin_file=runs/text_files.gin \
+    --gin.TEXT_FILES="{'train': '/data/*.jsonl', 'validation': '/data/val.jsonl'}" \
+    --gin.MODEL_DIR="'/tmp/mine'"
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import tensorflow as tf
 from tasks import pretraining, vocab
 
 FORMATS = ("text", "jsonl")
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 def _lines_to_documents(format: str, text_key: str):
@@ -110,3 +119,84 @@ def register_text_files(
       metric_fns=[],
     )
   return names
+
+
+def _guess_format(splits: Mapping[str, Sequence[str]]) -> str:
+  patterns = [p for ps in splits.values() for p in ps]
+  if all(p.endswith(_JSONL_SUFFIXES) for p in patterns):
+    return "jsonl"
+  if any(p.endswith(_JSONL_SUFFIXES) for p in patterns):
+    raise ValueError(
+      f"TEXT_FILES {patterns} mixes JSONL and other files: set TEXT_FORMAT to 'text' or 'jsonl'."
+    )
+  return "text"
+
+
+def text_files_task(
+  file_patterns: str | Sequence[str] | Mapping[str, str | Sequence[str]],
+  *,
+  objective: str = "ul2_mod",
+  name_prefix: str = "text_files",
+  format: str = "auto",
+  text_key: str = "text",
+  vocabulary: seqio.Vocabulary | str | None = None,
+  extra_ids: int = 100,
+) -> str:
+  """Registers one pretraining objective over text or JSONL files and returns its task name.
+
+  What `gin/runs/text_files.gin` binds to `MIXTURE_OR_TASK_NAME`, so that a run on your
+  own files needs only command-line flags (T5X and SeqIO otherwise ask for a Python module of
+  task registrations). Registering again replaces the task, so the entry points may call it
+  more than once.
+
+  Example: `text_files_task({"train": "/d/a-*.jsonl"}, objective="span_corruption")`
+  registers and returns "text_files_span_corruption_v1".
+
+  Args:
+    file_patterns: a glob or list of globs (the `train` split), or a dict split -> glob(s),
+      e.g. {"train": "/data/train-*.jsonl", "validation": "/data/val.jsonl"}.
+    objective: a key of `tasks.pretraining.OBJECTIVES` ("ul2_mod", "span_corruption",
+      "prefix_lm", "causal_lm", ...).
+    name_prefix: the task is `<name_prefix>_<objective>_v1`.
+    format: "text" (one document per line), "jsonl" (one JSON object per line), or "auto"
+      ("jsonl" when every pattern ends in .jsonl/.json/.ndjson, else "text").
+    text_key: the JSONL field holding the document.
+    vocabulary: None (the embedded corpus's vocabulary), a `seqio.Vocabulary`, or a
+      SentencePiece model path (given `extra_ids`).
+    extra_ids: sentinel ids added to a vocabulary given as a path.
+
+  Returns:
+    The registered task name.
+
+  Raises:
+    ValueError: an unknown objective or format, or no file patterns.
+  """
+  if objective not in pretraining.OBJECTIVES:
+    raise ValueError(
+      f"OBJECTIVE = {objective!r} is not one of {sorted(pretraining.OBJECTIVES)} "
+      "(tasks.pretraining.OBJECTIVES)."
+    )
+  if isinstance(file_patterns, str):
+    splits = {"train": [file_patterns]}
+  elif isinstance(file_patterns, Mapping):
+    splits = {k: [v] if isinstance(v, str) else list(v) for k, v in file_patterns.items()}
+  else:
+    splits = {"train": list(file_patterns)}
+  for split, patterns in splits.items():
+    for pattern in patterns:
+      # Local files are checked now (a typo would otherwise surface as a tf.data error
+      # after the model is built); remote ones (gs://...) when they are read.
+      if "://" not in pattern and not tf.io.gfile.glob(pattern):
+        raise ValueError(f"TEXT_FILES[{split!r}] = {pattern!r} matches no file.")
+  if format == "auto":
+    format = _guess_format(splits)
+  (name,) = register_text_files(
+    name_prefix,
+    splits,
+    format=format,
+    text_key=text_key,
+    vocabulary=vocabulary,
+    objectives={objective: pretraining.OBJECTIVES[objective]},
+    extra_ids=extra_ids,
+  )
+  return name

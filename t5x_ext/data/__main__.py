@@ -29,10 +29,16 @@ def _split_gin_args(argv):
 
 
 def _macro(gin, name):
+  import copy
+
   try:
-    return gin.query_parameter(f"{name}/macro.value")
+    value = gin.query_parameter(f"{name}/macro.value")
   except (ValueError, KeyError):
     return None
+  if isinstance(value, gin.config.ConfigurableReference):
+    # e.g. runs/text_files.gin: MIXTURE_OR_TASK_NAME = @text_files.text_files_task()
+    value = copy.deepcopy(value)  # gin evaluates a reference when it is copied
+  return value
 
 
 def _parse_gin(files, bindings):
@@ -47,6 +53,7 @@ def _parse_gin(files, bindings):
   # The entry points' parser: the project's gin/ directory on the include path, files
   # resolved from it too (`--gin_file=gin/local/ul2_tiny.gin` or `local/ul2_tiny.gin`).
   cli.parse_gin(files, bindings)
+  cli.import_task_modules()  # MIXTURE_OR_TASK_MODULE, as the entry points do
   # Call the factories only where gin configures them, so the defaults stay as `import tasks`
   # registered them.
   config = str(gin.config_str())
