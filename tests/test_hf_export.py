@@ -254,6 +254,35 @@ def test_convert_then_export_cli_round_trip(tmp_path):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+def test_export_cli_from_a_model_dir(tmp_path, spm_path):
+  """A MODEL_DIR as `t5x_ext.train` leaves it: config.gin + checkpoints/<step>/state."""
+  import gin
+  from t5x_ext import checkpointing, cli
+
+  cli.parse_gin(["local/tiny_model.gin"], ["network.TransformerConfig.num_decoder_layers = 1"])
+  model_dir = tmp_path / "run"
+  model_dir.mkdir()
+  (model_dir / "config.gin").write_text(gin.config_str())
+  model = export.model_from_gin([str(model_dir / "config.gin")])
+  gin.clear_config()
+  _, params = _model_and_params(model.config, seed=4)
+  ckpt = checkpointing.Checkpointer(model_dir, handle_sigterm=False)
+  ckpt.save(3, {"step": np.int32(3), "params": params, "opt_state": {"n": np.int32(0)}}, force=True)
+  ckpt.close()
+  step_dir = model_dir / "checkpoints" / "3"
+  args = [f"--vocabulary={spm_path}", "--dtype=bfloat16"]
+  assert export.main([f"--checkpoint={step_dir}", f"--output_dir={tmp_path / 'out'}", *args]) == 0
+  cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert (cfg["d_model"], cfg["num_decoder_layers"], cfg["vocab_size"]) == (128, 1, 8192)
+  stored = read_state_dict(tmp_path / "out")
+  kernel = np.asarray(params["logits_dense"]["kernel"]).T.astype(ml_dtypes.bfloat16)
+  np.testing.assert_array_equal(stored["lm_head.weight"], kernel)
+  assert (tmp_path / "out" / "spiece.model").exists()
+  # A T5X run's config.gin is not taken for ours.
+  (model_dir / "config.gin").write_text("import t5x.models\nMODEL = @t5x.models.Foo()\n")
+  assert export.main([f"--checkpoint={step_dir}", f"--output_dir={tmp_path / 'o2'}"]) == 2
+
+
 def test_sharded_export_loads(tmp_path):
   model, params = _model_and_params(_config(("gelu", "linear"), False))
   export.export_hf_t5(model, params, tmp_path / "one")

@@ -279,7 +279,8 @@ def find_gin_file(checkpoint: str | pathlib.Path) -> pathlib.Path:
   """The gin file that describes a checkpoint: the nearest config.gin or model.gin.
 
   Looks in `checkpoint` and up to three directories above it (a step directory sits in
-  MODEL_DIR/checkpoints/<step>/; converted params in OUT/params/).
+  MODEL_DIR/checkpoints/<step>/; converted params in OUT/params/). A gin file that does not
+  mention t5x_ext (a T5X run's config.gin) is not taken for one of ours.
 
   Args:
     checkpoint: the path given to `--checkpoint`.
@@ -288,13 +289,21 @@ def find_gin_file(checkpoint: str | pathlib.Path) -> pathlib.Path:
     The file.
 
   Raises:
-    FileNotFoundError: when there is none; `--gin_file` must then name the model.
+    FileNotFoundError: when there is none, or the nearest is not this project's;
+      `--gin_file` must then name the model.
   """
   start = pathlib.Path(checkpoint).resolve()
   for directory in [start, *list(start.parents)[:3]]:
     for name in _GIN_NAMES:
-      if (directory / name).is_file():
-        return directory / name
+      path = directory / name
+      if path.is_file():
+        if "t5x_ext" not in path.read_text():
+          # e.g. the config.gin of a T5X run, which binds t5x's own classes
+          raise FileNotFoundError(
+            f"{path} does not configure t5x_ext (a T5X run's?); pass this project's model "
+            "gin file with --gin_file (e.g. the model.gin of python -m t5x_ext.t5x_ckpt.convert)"
+          )
+        return path
   raise FileNotFoundError(
     f"no config.gin or model.gin at or above --checkpoint={str(checkpoint)!r}; pass the "
     "model's gin file with --gin_file"
