@@ -372,6 +372,20 @@ def topic_examples(split: str) -> list[dict]:
 
 
 TOPIC_LABELS = tuple(sorted(set(finetune.TOPIC_PACKAGES.values())))
+# The suite's default rank-classification task (see `t5x_ext.evaluation.suite.run_suite`).
+TOPIC_RANK_TASK = {"name": "pydocs_topic", "examples_fn": topic_examples, "labels": TOPIC_LABELS}
+
+
+def rank_vocabulary(spec: Mapping) -> seqio.Vocabulary:
+  """The vocabulary of a rank-task spec (its "vocabulary", else the embedded corpus's).
+
+  Args:
+    spec: {"name", "examples_fn", "labels", optional "vocabulary"}.
+
+  Returns:
+    The vocabulary.
+  """
+  return spec.get("vocabulary") or vocab.default_vocabulary()
 
 
 def register_topic_rank_classification(
@@ -398,11 +412,23 @@ _FIRST_SENTENCE = re.compile(r"(.{20,160}?[.!?])\s+([A-Z].{60,})")
 FIRST_SENTENCE_MAX_CHARS = 400
 
 
+def _split_paragraphs(split: str) -> list[tuple[str, str, str]]:
+  out = []
+  for d in corpus.split_documents(split):
+    for para in d["text"].split("\n\n"):
+      m = _FIRST_SENTENCE.match(" ".join(para.split()))
+      if m:
+        out.append((m.group(0), m.group(1), m.group(2)))
+  return out
+
+
+@functools.cache
 def first_sentence_examples(split: str) -> list[dict]:
   """Paragraphs of the embedded corpus split into a first sentence and the rest.
 
   A paragraph qualifies when its first sentence has 20-160 characters and the rest at least
-  60; the rest is cut to 400 characters. Documents keep the corpus's split.
+  60; the rest is cut to 400 characters. Documents keep the corpus's split, and validation
+  drops paragraphs that also occur in training documents (the stdlib repeats some).
 
   Args:
     split: "train" or "validation".
@@ -410,13 +436,14 @@ def first_sentence_examples(split: str) -> list[dict]:
   Returns:
     `{"rest", "first"}` dicts in corpus order, duplicates dropped.
   """
-  out, seen = [], set()
-  for d in corpus.split_documents(split):
-    for para in d["text"].split("\n\n"):
-      m = _FIRST_SENTENCE.match(" ".join(para.split()))
-      if m and m.group(0) not in seen:
-        seen.add(m.group(0))
-        out.append({"rest": m.group(2)[:FIRST_SENTENCE_MAX_CHARS], "first": m.group(1)})
+  if split not in corpus.SPLITS:
+    raise ValueError(f"split={split!r} is not one of {corpus.SPLITS}")
+  seen = {p for p, _, _ in _split_paragraphs("train")} if split != "train" else set()
+  out = []
+  for para, first, rest in _split_paragraphs(split):
+    if para not in seen:
+      seen.add(para)
+      out.append({"rest": rest[:FIRST_SENTENCE_MAX_CHARS], "first": first})
   return out
 
 

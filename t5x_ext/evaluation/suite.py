@@ -51,6 +51,7 @@ PREFIXES = mode_matrix.COLUMNS
 PARTS = ("family_loss", "mode_matrix", "rank_classification", "probes")
 DEFAULT_LENGTHS = {"inputs": 512, "targets": 128}
 RESULTS_FILE = "eval_suite.json"
+ZERO_SHOT_INPUTS = 256
 
 
 def _check(parts: Sequence[str], family_prefix: str, batch_size: int, max_eval_batches) -> None:
@@ -125,6 +126,7 @@ def run_suite(
   parts: Sequence[str] = PARTS,
   family_prefix: str = "matching",
   num_shots: int = 2,
+  rank_task: Mapping[str, Any] | None = None,
   rank_max_examples: int | None = None,
   rank_length_normalize: bool = False,
   probe_steps: int = 100,
@@ -155,6 +157,9 @@ def run_suite(
     family_prefix: the column `family_loss/*` reads: "matching" (each family's own prefix),
       "none" (models trained without prefixes) or a prefix.
     num_shots: demonstrations per input for `rank_classification/few_shot`.
+    rank_task: the classification task to rank-classify: {"name": short name,
+      "examples_fn": split -> [{"inputs", "targets"}], "labels": options, optional
+      "vocabulary"} (default: the embedded topic task, `tasks.evaluation.TOPIC_RANK_TASK`).
     rank_max_examples: rank-classify only the first examples (None: the ~120 of the split).
     rank_length_normalize: rank options by mean instead of summed log-likelihood.
     probe_steps: fine-tuning steps per probe.
@@ -206,16 +211,29 @@ def run_suite(
       denoiser_names=denoiser_names,
     )
   rank_tasks: dict[tuple[str, str], str] = {}
+  rank_lengths: dict[str, dict[str, int]] = {}
   if "rank_classification" in parts:
     from tasks import evaluation as eval_tasks
 
+    spec = dict(rank_task or eval_tasks.TOPIC_RANK_TASK)
+    labels = tuple(spec["labels"])
+    vocab = eval_tasks.rank_vocabulary(spec)
+    # Targets hold the longest option and EOS, so no option is cut; zero-shot inputs are
+    # short (the topic task's are under ~220 tokens; longer ones lose their start).
+    targets_len = max(len(vocab.encode(label)) for label in labels) + 1
     for shots_key, shots in (("zero_shot", 0), ("few_shot", num_shots)):
+      inputs_len = lengths["inputs"] if shots else min(lengths["inputs"], ZERO_SHOT_INPUTS)
+      rank_lengths[shots_key] = {"inputs": inputs_len, "targets": targets_len}
       for column in PREFIXES:
-        rank_tasks[(shots_key, column)] = eval_tasks.register_topic_rank_classification(
-          num_shots=shots, mode=mode_matrix.column_mode(column), seed=seed
+        rank_tasks[(shots_key, column)] = eval_tasks.register_rank_classification(
+          spec["name"],
+          spec["examples_fn"],
+          labels,
+          num_shots=shots,
+          mode=mode_matrix.column_mode(column),
+          vocabulary=vocab,
+          seed=seed,
         )
-  rank_lengths = {"inputs": lengths["inputs"], "targets": 16}
-
   first = None
   for columns in batches.values():
     for rows in columns.values():
@@ -224,7 +242,7 @@ def run_suite(
     _, first = next(
       pipeline.get_infer_batches(
         next(iter(rank_tasks.values())),
-        rank_lengths,
+        rank_lengths["zero_shot"],
         batch_size=batch_size,
         feature_converter_name=model.feature_converter_name,
         max_examples=1,
@@ -252,8 +270,8 @@ def run_suite(
           scorer,
           params,
           name,
-          rank_lengths,
-          num_options=len(_topic_labels()),
+          rank_lengths[shots_key],
+          num_options=len(labels),
           batch_size=batch_size,
           max_examples=rank_max_examples,
           length_normalize=rank_length_normalize,
@@ -289,12 +307,6 @@ def run_suite(
   if verbose and jax.process_index() == 0:
     print(report.markdown(results))
   return results
-
-
-def _topic_labels() -> tuple[str, ...]:
-  from tasks import evaluation as eval_tasks
-
-  return eval_tasks.TOPIC_LABELS
 
 
 def write_results(model_dir: str, results: Mapping[str, float], *, checkpoint_path: str) -> str:
