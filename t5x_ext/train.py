@@ -35,7 +35,15 @@ import jax
 import numpy as np
 import optax
 
-from t5x_ext import checkpointing, loop, optimizers, partitioning, periodic_eval
+from t5x_ext import (
+  checkpointing,
+  loop,
+  optimizers,
+  partitioning,
+  periodic_eval,
+  run_lock,
+  tensorboard_events,
+)
 from t5x_ext import metrics as metrics_lib
 from t5x_ext.trainer import Trainer, TrainState
 
@@ -55,6 +63,8 @@ class TrainResult:
     samples: the printed samples (dicts with mode, denoiser, inputs, targets, prediction).
     eval_metrics: the results of the last evaluation during training (`eval/loss`, ...), or
       {} when there was none.
+    stopped_by_signal: the run stopped early at SIGTERM, after checkpointing (the command
+      line then exits with status 143; run it again to resume).
   """
 
   state: TrainState
@@ -63,6 +73,7 @@ class TrainResult:
   last_metrics: dict[str, float]
   samples: list[dict[str, str]]
   eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+  stopped_by_signal: bool = False
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -144,7 +155,10 @@ def _restore_position(it, saved: Mapping[str, Any]) -> None:
   it.restore(saved)
 
 
-def _tensorboard_writer(logdir: str):
+def _tensorboard_writer(logdir: str, start: int = 0):
+  if start:
+    # Steps logged after the restored checkpoint are replayed: show each step once.
+    tensorboard_events.truncate_after(logdir, start)
   try:
     from clu import metric_writers  # imports TensorFlow: entry point only
   except ImportError as e:  # pragma: no cover - tensorboard is a dependency
@@ -184,7 +198,7 @@ def _build_evaluator(
   if is_chief:
     writers.append(metrics_lib.JsonlWriter(eval_jsonl, truncate_after=start))
     if tensorboard:
-      tb = _tensorboard_writer(os.path.join(model_dir, "tensorboard", "eval"))
+      tb = _tensorboard_writer(os.path.join(model_dir, "tensorboard", "eval"), start)
       if tb is not None:
         writers.append(tb)
   return periodic_eval.build(
@@ -447,7 +461,7 @@ def train(
       )
     )
     if tensorboard:
-      tb = _tensorboard_writer(os.path.join(model_dir, "tensorboard", "train"))
+      tb = _tensorboard_writer(os.path.join(model_dir, "tensorboard", "train"), start)
       if tb is not None:
         writers.append(tb)
   writer = metrics_lib.MultiWriter(writers)
@@ -521,7 +535,32 @@ def train(
       say=say,
     )
   eval_metrics = dict(evaluator.last) if evaluator is not None else {}
-  return TrainResult(state, trainer, model_dir, dict(last), samples, eval_metrics)
+  return TrainResult(
+    state,
+    trainer,
+    model_dir,
+    dict(last),
+    samples,
+    eval_metrics,
+    stopped_by_signal=ckpt.stop_requested,
+  )
+
+
+def _check_model_dir(model_dir: str) -> None:
+  """Creates MODEL_DIR, or fails with a message naming it (a file, not writable)."""
+  if "://" in model_dir:
+    from etils import epath
+
+    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+    return
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise ValueError(f"MODEL_DIR = {model_dir!r} exists and is not a directory.")
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"MODEL_DIR = {model_dir!r} cannot be created: {e.strerror}.") from e
+  if not os.access(model_dir, os.W_OK | os.X_OK):
+    raise ValueError(f"MODEL_DIR = {model_dir!r} is not writable.")
 
 
 def main(argv=None) -> TrainResult:
@@ -545,10 +584,16 @@ def main(argv=None) -> TrainResult:
         "(or 'runs/finetune.gin')."
       ) from None
     model_dir = cli.macro_value("MODEL_DIR")
-    if isinstance(model_dir, str) and jax.process_index() == 0:
-      os.makedirs(model_dir, exist_ok=True)
-      pathlib.Path(model_dir, "config.gin").write_text(gin.config_str())
-    return fn()
+    if not (isinstance(model_dir, str) and jax.process_index() == 0):
+      return fn()
+    _check_model_dir(model_dir)
+    # One writer per MODEL_DIR, taken before config.gin is written: a second trainer fails
+    # here, naming the first, and changes nothing.
+    with run_lock.RunLock(model_dir):
+      from etils import epath  # gs:// and other object stores, as the checkpoints
+
+      (epath.Path(model_dir) / "config.gin").write_text(gin.config_str())
+      return fn()
 
   return cli.run(configured, argv, required_macros=REQUIRED_MACROS, hint="gin/runs/pretrain.gin")
 

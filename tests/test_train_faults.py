@@ -1,0 +1,95 @@
+"""The main job under operator faults, from the command line: a second trainer on the same
+MODEL_DIR, SIGTERM, a MODEL_DIR that is a file. Every wait is bounded, so a regression that
+hangs fails instead of stalling CI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from t5x_ext import cli
+
+_CHEAP = [
+  "--gin_file=local/ul2_tiny.gin",
+  "--gin.MIXTURE_OR_TASK_NAME='pydocs_span_corruption_v1'",
+  "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+  "--gin.BATCH_SIZE=2",
+  "--gin.LOG_EVERY=1",
+  "--gin.EVAL_PERIOD=0",
+  "--gin.CHECKPOINT_EVERY=100000",
+  "train_script.train.samples_per_mode=0",
+]
+
+
+def _train_cmd(model_dir, steps):
+  flags = [f if f.startswith("--") else f"--gin.{f}" for f in _CHEAP]
+  return [
+    sys.executable,
+    "-m",
+    "t5x_ext.train",
+    *flags,
+    f"--gin.MODEL_DIR='{model_dir}'",
+    f"--gin.TRAIN_STEPS={steps}",
+  ]
+
+
+def _env():
+  return {k: v for k, v in os.environ.items() if k != cli.TRACEBACK_ENV}
+
+
+def _logged_steps(model_dir):
+  path = model_dir / "metrics" / "train.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_second_trainer_is_refused_and_sigterm_checkpoints_and_exits_promptly(tmp_path):
+  model_dir = tmp_path / "run"
+  first = subprocess.Popen(
+    _train_cmd(model_dir, 100000),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=_env(),
+  )
+  try:
+    deadline = time.monotonic() + 600
+    while not _logged_steps(model_dir):
+      assert first.poll() is None, first.stderr.read()
+      assert time.monotonic() < deadline, "the first trainer never logged a step"
+      time.sleep(0.5)
+
+    second = subprocess.run(
+      _train_cmd(model_dir, 10), capture_output=True, text=True, timeout=300, env=_env()
+    )
+    assert second.returncode == cli.USER_ERROR_EXIT, second.stderr
+    assert f"in use by another run (pid {first.pid} " in second.stderr
+    assert "Traceback" not in second.stderr
+
+    sent = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=120)
+    took = time.monotonic() - sent
+  finally:
+    if first.poll() is None:
+      first.kill()
+      first.wait()
+  assert first.returncode == cli.STOPPED_EXIT, first.stderr.read()
+  steps = sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps and steps[-1] >= max(_logged_steps(model_dir))
+  # Well inside a 30 s preemption grace period, even on a loaded 2-core CI machine.
+  assert took < 30, f"exit took {took:.1f} s after SIGTERM"
+
+
+def test_model_dir_that_is_a_file(tmp_path):
+  path = tmp_path / "not_a_dir"
+  path.write_text("x")
+  proc = subprocess.run(
+    _train_cmd(path, 2), capture_output=True, text=True, timeout=300, env=_env()
+  )
+  assert proc.returncode == cli.USER_ERROR_EXIT
+  assert f"error: MODEL_DIR = '{path}' exists and is not a directory." in proc.stderr
+  assert "Traceback" not in proc.stderr
