@@ -8,10 +8,22 @@ MODEL_DIR (or CHECKPOINT_PATH) and writes one JSON object per example:
    "prediction_ids": [...], "inputs_pretokenized": "...", "score": -12.3}
 
 (`inputs` is decoded from the ids the model read, so it shows the mode prefix; `score` only
-with `with_scores=True`).
+with `with_scores=True`) to MODEL_DIR/inference/<task>-<split>.jsonl (or OUTPUT_FILE); with
+several processes each writes its own shard, `...-00000-of-00002.jsonl`.
 
-to MODEL_DIR/inference/<task>-<split>.jsonl (or OUTPUT_FILE); with several processes each
-writes its own shard, `...-00000-of-00002.jsonl`. Usable from Python: `infer(model=..., ...)`.
+Prompts in, text out: with `PROMPTS` (a list of strings) or `PROMPTS_FILE` (one prompt per
+line, or JSONL with a `PROMPT_KEY` field) the model continues those instead, after the
+`MODE_PREFIX` (`'[NLU]'`, `'[NLG]'`, `'[S2S]'` or None), and each prediction is printed and
+written to MODEL_DIR/inference/prompts.jsonl as
+`{"index": 0, "inputs": "[S2S] ...", "prompt": "...", "prediction": "...", "prediction_ids": [...]}`;
+the task then only lends its vocabulary (t5x_ext.prompts lays the batches out).
+
+  python -m t5x_ext.infer --gin_file=local/tiny_model.gin --gin_file=runs/infer.gin \
+    --gin.MODEL_DIR="'/tmp/ul2_tiny'" --gin.MIXTURE_OR_TASK_NAME="'pydocs_ul2_mod_v1'" \
+    --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 64}" \
+    --gin.MODE_PREFIX="'[S2S]'" --gin.PROMPTS="['The garbage collector']"
+
+Usable from Python: `infer(model=..., ...)`.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -53,16 +65,22 @@ def infer(
   with_scores: bool = False,
   max_examples: int | None = None,
   seed: int = 0,
+  prompts: Sequence[str] | None = None,
+  prompts_file: str | None = None,
+  prompt_key: str = "inputs",
+  mode_prefix: str | None = None,
+  print_predictions: bool | None = None,
 ) -> str:
-  """Writes predictions of a checkpoint for a task's split as JSONL.
+  """Writes predictions of a checkpoint, for a task's split or for prompts, as JSONL.
 
   Args:
     model: the model (gin: %MODEL).
-    mixture_or_task_name: MIXTURE_OR_TASK_NAME.
+    mixture_or_task_name: MIXTURE_OR_TASK_NAME (with prompts: only its vocabulary is used).
     task_feature_lengths: TASK_FEATURE_LENGTHS.
     model_dir: MODEL_DIR (checkpoints are read from here unless `checkpoint_path`).
     checkpoint_path: read params from here instead.
-    output_file: where to write (default MODEL_DIR/inference/<task>-<split>.jsonl).
+    output_file: where to write (default MODEL_DIR/inference/<task>-<split>.jsonl, or
+      MODEL_DIR/inference/prompts.jsonl for prompts).
     split: the split.
     batch_size: global rows per batch.
     mesh_shape: MESH_SHAPE.
@@ -74,31 +92,41 @@ def infer(
     top_p: nucleus sampling threshold.
     beam_size: beams for "beam".
     length_penalty: beam search length penalty exponent.
-    with_scores: also write the log-likelihood of the targets (`score`).
+    with_scores: also write the log-likelihood of the targets (`score`; task examples only).
     max_examples: stop after this many examples.
     seed: seed of sampling and of the task's random preprocessors.
+    prompts: PROMPTS: texts to continue instead of the task's examples.
+    prompts_file: PROMPTS_FILE: a text file (one prompt per line) or JSONL (field
+      `prompt_key`), instead of the task's examples.
+    prompt_key: PROMPT_KEY, the JSONL field of a prompt.
+    mode_prefix: MODE_PREFIX for prompts: "[NLU]", "[NLG]", "[S2S]" or None (as typed).
+    print_predictions: print each input and prediction (default: for prompts).
 
   Returns:
     The path written by this process.
   """
-  from t5x_ext import eval as eval_lib
   from t5x_ext import run_data
-  from t5x_ext.data import pipeline
 
   if method not in DECODE_METHODS:
     raise ValueError(f"method = {method!r}: must be one of {DECODE_METHODS}.")
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"BATCH_SIZE = {batch_size!r}: must be a positive int.")
+  if prompts is not None and prompts_file is not None:
+    raise ValueError("Set PROMPTS or PROMPTS_FILE, not both.")
+  if isinstance(prompts, str):
+    prompts = [prompts]
+  use_prompts = prompts is not None or prompts_file is not None
   provider = run_data.get_provider(mixture_or_task_name)
-  run_data.check_task(
-    provider,
-    task_feature_lengths,
-    model_vocab_size=getattr(getattr(model, "config", None), "vocab_size", None),
-  )
-  if split not in provider.splits:
-    raise ValueError(
-      f"split = {split!r} is not a split of {mixture_or_task_name!r} ({list(provider.splits)})."
-    )
+  vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+  if use_prompts:
+    # Prompts need only the vocabulary and the lengths: the task's objectives are not run.
+    run_data.check_task(provider, task_feature_lengths, model_vocab_size=vocab_size, plan=False)
+  else:
+    run_data.check_task(provider, task_feature_lengths, model_vocab_size=vocab_size)
+    if split not in provider.splits:
+      raise ValueError(
+        f"split = {split!r} is not a split of {mixture_or_task_name!r} ({list(provider.splits)})."
+      )
   lengths = {k: int(v) for k, v in task_feature_lengths.items()}
   decode_len = decode_len or lengths.get("targets", 64)
   vocab = run_data.vocabulary_of(provider)
@@ -108,81 +136,179 @@ def infer(
   local_rows = batch_size // num_shards
 
   if output_file is None:
-    output_file = str(
-      pathlib.Path(model_dir) / "inference" / f"{mixture_or_task_name}-{split}.jsonl"
-    )
+    stem = "prompts" if use_prompts else f"{mixture_or_task_name}-{split}"
+    output_file = str(pathlib.Path(model_dir) / "inference" / f"{stem}.jsonl")
   if num_shards > 1:
     stem = output_file[: -len(".jsonl")] if output_file.endswith(".jsonl") else output_file
     output_file = f"{stem}-{shard_id:05d}-of-{num_shards:05d}.jsonl"
   path = pathlib.Path(output_file)
   path.parent.mkdir(parents=True, exist_ok=True)
 
-  batches = pipeline.get_infer_batches(
-    mixture_or_task_name,
-    lengths,
-    split=split,
-    batch_size=local_rows,
-    feature_converter_name=model.feature_converter_name,
-    seed=seed,
-    shard_id=shard_id,
-    num_shards=num_shards,
-    max_examples=max_examples,
-  )
+  if use_prompts:
+    batches = _prompt_batches(
+      prompts,
+      prompts_file,
+      prompt_key,
+      mode_prefix,
+      vocab,
+      lengths,
+      model.feature_converter_name,
+      rows=local_rows,
+      shard_id=shard_id,
+      num_shards=num_shards,
+      max_examples=max_examples,
+    )
+    with_scores = False  # prompts have no targets to score
+  else:
+    from t5x_ext.data import pipeline
+
+    batches = pipeline.get_infer_batches(
+      mixture_or_task_name,
+      lengths,
+      split=split,
+      batch_size=local_rows,
+      feature_converter_name=model.feature_converter_name,
+      seed=seed,
+      shard_id=shard_id,
+      num_shards=num_shards,
+      max_examples=max_examples,
+    )
+  if print_predictions is None:
+    print_predictions = use_prompts
   trainer = params = None
   rng = jax.random.key(seed)
   index = 0
   with open(path, "w") as f:
     for examples, batch in batches:
-      model_batch = {k: v for k, v in batch.items() if k != "decoder_denoiser_ids"}
       if trainer is None:
-        trainer, params = eval_lib.load_params(
-          model,
-          batch,
-          checkpoint_path or model_dir,
-          mesh_shape=mesh_shape,
-          logical_axis_rules=logical_axis_rules,
+        trainer, params = _load(
+          model, batch, checkpoint_path or model_dir, mesh_shape, logical_axis_rules
         )
-      global_batch = trainer.shard_batch(model_batch)
       rng, step_rng = jax.random.split(rng)
-      with partitioning.axis_rules(trainer.mesh, trainer.rules):
-        pred = trainer.model.predict_batch(
-          params,
-          global_batch,
-          step_rng,
-          decode_len=decode_len,
-          method=method,
-          temperature=temperature,
-          top_k=top_k,
-          top_p=top_p,
-          beam_size=beam_size,
-          length_penalty=length_penalty,
-        )
-        scores = trainer.model.score_batch(params, global_batch) if with_scores else None
-      pred = _local_rows(pred)
-      scores = _local_rows(scores) if scores is not None else None
+      pred, scores = predict(
+        trainer,
+        params,
+        batch,
+        step_rng,
+        with_scores=with_scores,
+        decode_len=decode_len,
+        method=method,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+      )
       for i, ex in enumerate(examples):
-        ids = [int(t) for t in pred[i]]
-        if 1 in ids:
-          ids = ids[: ids.index(1) + 1]
-        # `inputs` is what the model read (mode prefix included); the task's raw text, when
-        # it keeps one, is `inputs_pretokenized`.
-        record = {
-          "index": index,
-          "inputs": run_data.decode_ids(vocab, ex.get("inputs", [])),
-          "targets": ex.get("targets_pretokenized")
-          or run_data.decode_ids(vocab, ex.get("targets", [])),
-          "prediction": run_data.decode_ids(vocab, ids),
-          "prediction_ids": ids,
-        }
-        if "inputs_pretokenized" in ex:
-          record["inputs_pretokenized"] = ex["inputs_pretokenized"]
-        if scores is not None:
-          record["score"] = float(scores[i])
+        record = _record(index, ex, pred[i], vocab, None if scores is None else scores[i])
         f.write(json.dumps(record) + "\n")
+        if print_predictions:
+          print(f"[{record['index']}] {record['inputs']}\n  -> {record['prediction']}", flush=True)
         index += 1
   if jax.process_index() == 0:
     print(f"Wrote {index} predictions to {path}")
   return str(path)
+
+
+def _load(model, batch, checkpoint_path, mesh_shape, logical_axis_rules):
+  from t5x_ext import eval as eval_lib
+
+  return eval_lib.load_params(
+    model, batch, checkpoint_path, mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules
+  )
+
+
+def predict(
+  trainer: Any,
+  params: Any,
+  batch: Mapping[str, np.ndarray],
+  rng: jax.Array,
+  *,
+  with_scores: bool = False,
+  **decode_kw,
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """Decodes one process-local numpy batch on the trainer's mesh.
+
+  Args:
+    trainer: a `Trainer` (its mesh, rules, model and `shard_batch`).
+    params: the sharded params.
+    batch: this process's rows (`decoder_denoiser_ids` is dropped).
+    rng: sampling key.
+    with_scores: also score the targets.
+    **decode_kw: `predict_batch` keywords (decode_len, method, temperature, ...).
+
+  Returns:
+    `(tokens [rows, decode_len], scores [rows] or None)` for this process's rows.
+  """
+  model_batch = {k: v for k, v in batch.items() if k != "decoder_denoiser_ids"}
+  global_batch = trainer.shard_batch(model_batch)
+  with partitioning.axis_rules(trainer.mesh, trainer.rules):
+    pred = trainer.model.predict_batch(params, global_batch, rng, **decode_kw)
+    scores = trainer.model.score_batch(params, global_batch) if with_scores else None
+  return _local_rows(pred), None if scores is None else _local_rows(scores)
+
+
+def _record(index: int, ex: Mapping[str, Any], pred_row, vocab, score) -> dict[str, Any]:
+  from t5x_ext import run_data
+
+  ids = [int(t) for t in pred_row]
+  if 1 in ids:
+    ids = ids[: ids.index(1) + 1]
+  # `inputs` is what the model read (mode prefix included); the task's raw text, when it
+  # keeps one, is `inputs_pretokenized`, and a typed prompt is `prompt`.
+  record = {"index": index, "inputs": run_data.decode_ids(vocab, ex.get("inputs", []))}
+  if "prompt" in ex:
+    record["prompt"] = ex["prompt"]
+  else:
+    record["targets"] = ex.get("targets_pretokenized") or run_data.decode_ids(
+      vocab, ex.get("targets", [])
+    )
+  record["prediction"] = run_data.decode_ids(vocab, ids)
+  record["prediction_ids"] = ids
+  if "inputs_pretokenized" in ex:
+    record["inputs_pretokenized"] = ex["inputs_pretokenized"]
+  if score is not None:
+    record["score"] = float(score)
+  return record
+
+
+def _prompt_batches(
+  prompts,
+  prompts_file,
+  prompt_key,
+  mode_prefix,
+  vocab,
+  lengths,
+  feature_converter_name,
+  *,
+  rows,
+  shard_id,
+  num_shards,
+  max_examples,
+) -> Iterator[tuple[list[dict], dict[str, np.ndarray]]]:
+  """(examples, batch) pairs for this process's share of the prompts, like the task path."""
+  from t5x_ext import prompts as prompts_lib
+
+  if prompts_file is not None:
+    prompts = prompts_lib.read_prompts(prompts_file, key=prompt_key)
+  prompts = list(prompts)[:max_examples] if max_examples else list(prompts)
+  if not prompts:
+    raise ValueError("PROMPTS / PROMPTS_FILE holds no prompt.")
+  if "inputs" not in lengths or "targets" not in lengths:
+    raise ValueError(
+      f"TASK_FEATURE_LENGTHS = {lengths}: prompts need 'inputs' (prompt) and 'targets' lengths."
+    )
+  ids = prompts_lib.encode_prompts(prompts, vocab, mode=mode_prefix, max_length=lengths["inputs"])
+  mine = list(range(shard_id, len(prompts), num_shards))
+  # Every process runs the same number of batches (the decode is one global computation).
+  steps = -(-len(prompts) // (rows * num_shards))
+  for step in range(steps):
+    chunk = mine[step * rows : (step + 1) * rows]
+    examples = [{"prompt": prompts[i], "inputs": ids[i]} for i in chunk]
+    batch = prompts_lib.prompt_batch(
+      [ids[i] for i in chunk], feature_converter_name, lengths, rows=rows
+    )
+    yield examples, batch
 
 
 def _local_rows(x) -> np.ndarray:

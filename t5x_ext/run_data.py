@@ -103,7 +103,11 @@ def vocabulary_of(provider):
 
 
 def check_task(
-  provider, task_feature_lengths: Mapping[str, int], *, model_vocab_size: int | None = None
+  provider,
+  task_feature_lengths: Mapping[str, int],
+  *,
+  model_vocab_size: int | None = None,
+  plan: bool = True,
 ) -> None:
   """Fails early when the lengths or the vocabulary do not fit the task.
 
@@ -111,6 +115,8 @@ def check_task(
     provider: the task or mixture.
     task_feature_lengths: the TASK_FEATURE_LENGTHS setting.
     model_vocab_size: the network's vocabulary size (VOCAB_SIZE), if known.
+    plan: also plan the task's denoisers for these lengths (off where the task's examples
+      are not read, e.g. inference on typed prompts).
 
   Raises:
     ValueError: naming TASK_FEATURE_LENGTHS (with the objectives' explanation) when a
@@ -137,7 +143,7 @@ def check_task(
       f"VOCAB_SIZE = {model_vocab_size} is smaller than the vocabulary of "
       f"{provider.name!r} ({vocab.vocab_size} ids)."
     )
-  for task in getattr(provider, "tasks", None) or [provider]:
+  for task in (getattr(provider, "tasks", None) or [provider]) if plan else ():
     p = _denoiser_partial(task)
     if p is None:
       continue
