@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import sys
@@ -389,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     gin_files = args.gin_files or [str(find_gin_file(args.checkpoint))]
     model = model_from_gin(gin_files, args.gin_bindings)
     _config_and_eos(model)  # refuse decoder-only models before reading any weights
-    params = checkpointing.restore_params(args.checkpoint, abstract_params(model, args.dtype))
+    checkpoint = args.checkpoint
+    if os.path.exists(checkpoint):  # a local path; Orbax misreads relative ones
+      checkpoint = os.path.abspath(checkpoint)
+    params = checkpointing.restore_params(checkpoint, abstract_params(model, args.dtype))
     if args.vocabulary is None:
       vocabulary = _default_vocabulary()
     elif args.vocabulary.lower() == "none":
