@@ -488,7 +488,7 @@ def largest_batch(
     hi = min((b for b in fail if lo is None or b > lo), default=None)
     return lo, hi
 
-  candidate = start
+  candidate = None if start in plans else start
   while True:
     lo, hi = bracket()
     if (hi is not None and lo is not None and hi - lo <= step) or hi == step:

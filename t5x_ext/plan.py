@@ -39,7 +39,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from t5x_ext import memory_plan
@@ -161,6 +161,44 @@ def _memory(own: argparse.Namespace) -> tuple[int | None, str]:
   return int(size * own.memory_fraction), label
 
 
+def build_trainer(
+  settings: Mapping[str, Any], devices: Sequence[Any], *, num_denoisers: int = 0
+) -> tuple[Any, Callable[[int], dict[str, Any]]]:
+  """The `Trainer` that `train` builds from these settings, and the batch shapes it trains on.
+
+  Args:
+    settings: what `train_settings` returns.
+    devices: the mesh's devices (`jax.devices()[:n]`).
+    num_denoisers: per-denoiser metric sums in the step (the task's denoiser count).
+
+  Returns:
+    `(trainer, make_batch)`; `make_batch(batch_size)` gives the abstract global batch.
+
+  Raises:
+    ValueError: on a bad MESH_SHAPE, BATCH_SIZE or NUM_MICROBATCHES (naming it).
+  """
+  from t5x_ext import partitioning
+  from t5x_ext.trainer import Trainer
+
+  mesh = partitioning.make_mesh(settings["mesh_shape"], devices=devices)
+  model, lengths = settings["model"], dict(settings["task_feature_lengths"])
+  partitioning.validate_batch_size(settings["batch_size"], mesh, settings["num_microbatches"])
+  trainer = Trainer(
+    model,
+    _optimizer(settings["optimizer"], settings["learning_rate"]),
+    mesh,
+    settings["logical_axis_rules"],
+    learning_rate_fn=settings["learning_rate"],
+    num_microbatches=settings["num_microbatches"],
+    denoiser_names=[f"denoiser_{i}" for i in range(num_denoisers)],
+  )
+
+  def make_batch(batch_size: int) -> dict[str, Any]:
+    return memory_plan.abstract_batch(model, lengths, batch_size, pack=settings["pack"])
+
+  return trainer, make_batch
+
+
 def make_plan(argv: Sequence[str]) -> dict[str, Any]:
   """Builds the report (JAX must already have the devices; `main` sees to that).
 
@@ -176,31 +214,14 @@ def make_plan(argv: Sequence[str]) -> dict[str, Any]:
   import jax
 
   from t5x_ext import cli, partitioning
-  from t5x_ext.trainer import Trainer
 
   own, gin_args = parse_flags(argv)
   memory_bytes, memory_label = _memory(own)
   cli.parse_gin(gin_args.gin_files, gin_args.gin_bindings, gin_args.gin_search_paths)
   s = train_settings()
-  mesh_shape = s["mesh_shape"]
-  n = own.num_devices or default_num_devices(mesh_shape)
-  mesh = partitioning.make_mesh(mesh_shape, devices=jax.devices()[:n])
+  n = own.num_devices or default_num_devices(s["mesh_shape"])
+  trainer, make_batch = build_trainer(s, jax.devices()[:n], num_denoisers=own.num_denoisers)
   model, lengths, batch_size = s["model"], dict(s["task_feature_lengths"]), s["batch_size"]
-  num_microbatches = s["num_microbatches"]
-  partitioning.validate_batch_size(batch_size, mesh, num_microbatches)
-  trainer = Trainer(
-    model,
-    _optimizer(s["optimizer"], s["learning_rate"]),
-    mesh,
-    s["logical_axis_rules"],
-    learning_rate_fn=s["learning_rate"],
-    num_microbatches=num_microbatches,
-    denoiser_names=[f"denoiser_{i}" for i in range(own.num_denoisers)],
-  )
-
-  def make_batch(b: int):
-    return memory_plan.abstract_batch(model, lengths, b, pack=s["pack"])
-
   plan = memory_plan.plan_train_step(trainer, make_batch(batch_size))
   report: dict[str, Any] = {
     "gin_files": list(gin_args.gin_files),
@@ -218,7 +239,7 @@ def make_plan(argv: Sequence[str]) -> dict[str, Any]:
     "search": None,
   }
   if memory_bytes is not None and own.max_compiles > 0:
-    step = partitioning.data_parallel_size(mesh) * num_microbatches
+    step = partitioning.data_parallel_size(trainer.mesh) * trainer.num_microbatches
     found = memory_plan.largest_batch(
       trainer,
       make_batch,
