@@ -108,10 +108,13 @@ def save_streaming(directory: pathlib.Path, tree) -> None:
     directory: the checkpoint directory to create.
     tree: nested dicts of `LazyArray`.
   """
+  import jax
   import orbax.checkpoint as ocp
   from orbax.checkpoint._src.serialization import type_handler_registry
 
-  registry = type_handler_registry.create_type_handler_registry((LazyArray, _streaming_handler()))
+  registry = type_handler_registry.create_type_handler_registry(
+    (LazyArray, _streaming_handler()), (jax.Array, ocp.type_handlers.ArrayHandler())
+  )
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
   try:
     checkpointer.save(directory, args=ocp.args.PyTreeSave(tree))

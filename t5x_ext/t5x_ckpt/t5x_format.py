@@ -313,7 +313,7 @@ def _chunk_shape(shape: tuple[int, ...], itemsize: int) -> list[int]:
 
 
 def _write_zarr(directory: pathlib.Path, name: str, array: np.ndarray) -> dict:
-  rel = name.replace("/", ".")
+  rel = "target." + name.replace("/", ".")  # t5x names arrays by their state-dict path
   dtype = "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.name
   spec = {
     "driver": "zarr",
