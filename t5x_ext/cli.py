@@ -114,6 +114,7 @@ def parse_gin(
   search_paths: Sequence[str] = (),
   *,
   finalize: bool = False,
+  known_macros: Sequence[str] = (),
 ) -> None:
   """Parses gin files and bindings, with the project's search path.
 
@@ -122,6 +123,8 @@ def parse_gin(
     gin_bindings: binding strings, applied after the files.
     search_paths: extra directories for `include`, searched before the defaults.
     finalize: lock the config afterwards.
+    known_macros: macros the caller reads itself, so setting them on the command line is
+      not a typo even when no gin file declares them.
 
   Raises:
     FileNotFoundError: naming a gin file that is nowhere on the path.
@@ -151,7 +154,7 @@ def parse_gin(
     root.removeFilter(quiet)
     for handler in root.handlers:
       handler.removeFilter(quiet)
-  gin_checks.check_flag_macros(gin_bindings, declared | set(CLI_MACROS))
+  gin_checks.check_flag_macros(gin_bindings, declared | set(CLI_MACROS) | set(known_macros))
 
 
 # Macros that the command-line plumbing itself reads (no run file has to declare them).

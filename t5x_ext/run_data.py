@@ -235,17 +235,18 @@ def decode_ids(vocabulary, ids: Sequence[int]) -> str:
   Returns:
     The text.
   """
-  size = int(vocabulary.vocab_size)
-  base = size - int(getattr(vocabulary, "extra_ids", 0) or 0)
+  from t5x_ext.data.display import sentinel_index
+
   pieces, run = [], []
   for t in np.asarray(ids).tolist():
     if t in (0, 1):
       break
-    if t >= base:
+    k = sentinel_index(t, vocabulary)
+    if k is not None:
       if run:
         pieces.append(vocabulary.decode(run))
         run = []
-      pieces.append(f"<extra_id_{size - 1 - t}>")
+      pieces.append(f"<extra_id_{k}>")
     else:
       run.append(int(t))
   if run:

@@ -80,24 +80,6 @@ def _metric_sums(aux: Mapping[str, jax.Array], batch: Mapping[str, jax.Array], n
   return sums
 
 
-def accumulation_weighting(model: Any) -> str:
-  """How microbatch losses combine into the full batch's, from the model's normalisation.
-
-  Args:
-    model: a model with `loss_normalizing_factor` (see `t5x_ext.losses.normalize`).
-
-  Returns:
-    "num_tokens" for a mean over real target tokens (the default), "sum" for a constant
-    divisor, "mean" for per-row or per-sequence means (equal-sized microbatches).
-  """
-  factor = getattr(model, "loss_normalizing_factor", None)
-  if factor is None or factor == "NUM_REAL_TARGET_TOKENS":
-    return "num_tokens"
-  if isinstance(factor, int | float):
-    return "sum"
-  return "mean"
-
-
 def _model_batch(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
   return {k: v for k, v in batch.items() if k not in METRIC_ONLY_FEATURES}
 
@@ -150,6 +132,10 @@ class Trainer:
     self.num_microbatches = num_microbatches
     self.denoiser_names = tuple(denoiser_names)
     self.dropout_seed = dropout_seed
+    # How microbatch losses combine (ValueError for a normalisation it does not know).
+    self.accumulation_weighting = optimizers.accumulation_weighting(
+      getattr(model, "loss_normalizing_factor", None)
+    )
     self.state_shardings: TrainState | None = None
     self._abstract_state: TrainState | None = None
     self._train_step = None
@@ -235,7 +221,7 @@ class Trainer:
       _model_batch(batch),
       self.num_microbatches,
       dropout_rng,
-      weighting=accumulation_weighting(self.model),
+      weighting=self.accumulation_weighting,
     )
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

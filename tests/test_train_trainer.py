@@ -198,13 +198,19 @@ def test_summarize_mfu_and_peak_table():
 
 
 def test_accumulation_weighting_follows_the_loss_normalisation():
-  from t5x_ext.trainer import accumulation_weighting
+  # One definition (optimizers.accumulation_weighting); the Trainer picks it at construction.
+  from t5x_ext import trainer as trainer_lib
 
-  class M:
+  assert not hasattr(trainer_lib, "accumulation_weighting")
+  mesh = partitioning.make_mesh({"data": 1})
+
+  class M(ToyModel):
     loss_normalizing_factor = None
 
-  assert accumulation_weighting(M()) == "num_tokens"
-  M.loss_normalizing_factor = 512.0
-  assert accumulation_weighting(M()) == "sum"
-  M.loss_normalizing_factor = "AVERAGE_PER_SEQUENCE"
-  assert accumulation_weighting(M()) == "mean"
+  for factor, expected in ((None, "num_tokens"), (512.0, "sum"), ("AVERAGE_PER_SEQUENCE", "mean")):
+    M.loss_normalizing_factor = factor
+    t = trainer_lib.Trainer(M(), optax.sgd(0.1), mesh, partitioning.DEFAULT_RULES)
+    assert t.accumulation_weighting == expected
+  M.loss_normalizing_factor = "NUM_TOKENS"
+  with pytest.raises(ValueError, match="'NUM_TOKENS'"):
+    trainer_lib.Trainer(M(), optax.sgd(0.1), mesh, partitioning.DEFAULT_RULES)

@@ -52,7 +52,7 @@ def _parse_gin(files, bindings):
   files_register = gin.external_configurable(text_files.register_text_files, "text_files.register")
   # The entry points' parser: the project's gin/ directory on the include path, files
   # resolved from it too (`--gin_file=gin/local/ul2_tiny.gin` or `local/ul2_tiny.gin`).
-  cli.parse_gin(files, bindings)
+  cli.parse_gin(files, bindings, known_macros=("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS"))
   cli.import_task_modules()  # MIXTURE_OR_TASK_MODULE, as the entry points do
   # Call the factories only where gin configures them, so the defaults stay as `import tasks`
   # registered them.

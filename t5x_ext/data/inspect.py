@@ -26,6 +26,7 @@ import seqio
 
 from t5x_ext import objectives
 from t5x_ext.data import feature_converters
+from t5x_ext.data.display import sentinel_index  # the one definition (T5: top ids, descending)
 
 
 @dataclasses.dataclass
@@ -36,23 +37,6 @@ class _Acc:
   noise: int = 0
   text: int = 0
   spans: int = 0
-
-
-def sentinel_index(token: int, vocabulary: seqio.Vocabulary) -> int | None:
-  """The k of `<extra_id_k>` for a sentinel id, None for ordinary ids.
-
-  Args:
-    token: a token id.
-    vocabulary: the vocabulary (sentinels count down from `vocab_size - 1`).
-
-  Returns:
-    k, or None.
-  """
-  extra = int(vocabulary.extra_ids or 0)
-  top = vocabulary.vocab_size - 1
-  if extra and top - extra < token <= top:
-    return top - token
-  return None
 
 
 def render(ids: Sequence[int], vocabulary: seqio.Vocabulary) -> str:
