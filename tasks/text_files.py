@@ -18,7 +18,9 @@ name as `MIXTURE_OR_TASK_NAME`:
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 from collections.abc import Mapping, Sequence
 
 import seqio
@@ -30,28 +32,106 @@ FORMATS = ("text", "jsonl")
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def _lines_to_documents(format: str, text_key: str):
-  """Preprocessor: raw lines (strings) -> {"text": document}, dropping blank lines."""
+# Errors in a user's files cross tf.data as the message of a TF error; the batch iterator
+# (t5x_ext.data.pipeline) finds this mark and re-raises the rest as a plain ValueError.
+DATA_ERROR_MARK = "[input data error] "
+# Lines skipped with skip_bad_lines=True, per file (this process).
+SKIPPED_LINES: collections.Counter = collections.Counter()
+_SKIP_LOG_FIRST = 5
 
-  def parse(line):
-    obj = json.loads(line.numpy().decode("utf-8"))
-    if text_key not in obj:
-      raise ValueError(f"JSONL line has no field text_key={text_key!r}: keys {sorted(obj)}")
-    return str(obj[text_key])
 
-  def one(line):
-    if format == "jsonl":
-      text = tf.py_function(parse, [line], tf.string)
-      text.set_shape([])
-    else:
-      text = line
+def _read_numbered_lines(filename):
+  """A file's lines with their file name and 1-based line number (for error messages)."""
+  lines = tf.data.TextLineDataset(filename)
+  return lines.enumerate(start=1).map(
+    lambda number, line: {"line": line, "file": filename, "line_number": number}
+  )
+
+
+def _line_problem(raw: bytes, format: str, text_key: str) -> tuple[str | None, str]:
+  """(problem or None, document text) of one raw line."""
+  try:
+    line = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    return f"not UTF-8 (byte {e.start} of the line: {raw[e.start : e.start + 4]!r})", ""
+  if format == "text":
+    return None, line
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    return f"invalid JSON ({e.msg} at column {e.colno})", ""
+  if not isinstance(obj, dict):
+    return f"a JSON {type(obj).__name__}, not an object", ""
+  if text_key not in obj:
+    return f"no field text_key={text_key!r} (keys: {sorted(obj)[:10]})", ""
+  if not isinstance(obj[text_key], str):
+    return f"field {text_key!r} is a {type(obj[text_key]).__name__}, not a string", ""
+  return None, obj[text_key]
+
+
+def _lines_to_documents(format: str, text_key: str, skip_bad_lines: bool = False):
+  """Preprocessor: numbered lines -> {"text": document}, dropping blank lines.
+
+  Plain text: bytes that are not UTF-8 are replaced by U+FFFD. JSONL: a bad line (not UTF-8,
+  not JSON, not an object, no string `text_key`) is an error naming the file, the line
+  number and the problem, or, with `skip_bad_lines`, is dropped and counted per file in
+  `SKIPPED_LINES` (logged as it happens).
+  """
+
+  def parse(raw, filename, number):
+    problem, text = _line_problem(raw.numpy(), format, text_key)
+    if problem is None:
+      return text
+    where = f"{filename.numpy().decode('utf-8', 'replace')}:{int(number.numpy())}"
+    if not skip_bad_lines:
+      raise ValueError(f"{DATA_ERROR_MARK}{where}: {problem}")
+    file = where.rsplit(":", 1)[0]
+    SKIPPED_LINES[file] += 1
+    count = SKIPPED_LINES[file]
+    if count <= _SKIP_LOG_FIRST or count % 1000 == 0:
+      logging.warning(
+        "Skipped line %s: %s (%d bad lines skipped in this file so far).", where, problem, count
+      )
+    return ""
+
+  def one(ex):
+    if format == "text":
+      # Plain text stays in TF (no Python per line): bytes that are not UTF-8 become U+FFFD.
+      text = tf.strings.unicode_transcode(ex["line"], "UTF-8", "UTF-8", errors="replace")
+      return {"text": text}
+    text = tf.py_function(parse, [ex["line"], ex["file"], ex["line_number"]], tf.string)
+    text.set_shape([])
     return {"text": text}
 
   def fn(dataset):
-    dataset = dataset.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
-    return dataset.map(one, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.filter(lambda ex: tf.strings.length(tf.strings.strip(ex["line"])) > 0)
+    dataset = dataset.map(one, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.filter(lambda ex: tf.strings.length(ex["text"]) > 0)  # skipped lines
 
   return fn
+
+
+def _check_not_empty(splits: Mapping[str, Sequence[str]]) -> None:
+  """Fails at registration when a split's local files hold no non-blank line."""
+  for split, patterns in splits.items():
+    if any("://" in p for p in patterns):
+      continue  # remote files are read when the data is
+    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+    if not files:
+      raise ValueError(f"file patterns of split {split!r} {list(patterns)} match no file.")
+    if not any(_has_a_line(f) for f in files):
+      raise ValueError(
+        f"split {split!r} is empty: its files {list(patterns)} ({len(files)} matched) hold no "
+        "non-blank line."
+      )
+
+
+def _has_a_line(path: str) -> bool:
+  with tf.io.gfile.GFile(path, "rb") as f:
+    for line in f:
+      if line.strip():
+        return True
+  return False
 
 
 def register_text_files(
@@ -65,6 +145,7 @@ def register_text_files(
   mode_prefix: str = "text",
   mode_token_ids: Mapping[str, int] | None = None,
   extra_ids: int = 100,
+  skip_bad_lines: bool = False,
 ) -> list[str]:
   """Registers `<name_prefix>_<objective>_v1` for each objective over local or remote files.
 
@@ -79,12 +160,16 @@ def register_text_files(
     mode_prefix: "text" or "token".
     mode_token_ids: {mode: id} for "token" (ids in the extra-id range reduce the sentinels).
     extra_ids: extra ids added to a vocabulary given as a path.
+    skip_bad_lines: JSONL: drop lines that are not UTF-8 JSON objects with a string
+      `text_key`, counted per file in `SKIPPED_LINES`, instead of stopping with an error that
+      names the file and line. (Plain text never stops: non-UTF-8 bytes become U+FFFD.)
 
   Returns:
     The registered task names.
 
   Raises:
-    ValueError: an unknown format or no file patterns.
+    ValueError: an unknown format, no file patterns, or a split whose local files match
+      nothing or hold no non-blank line (naming the split and its patterns).
   """
   if format not in FORMATS:
     raise ValueError(f"format={format!r} is not one of {FORMATS}")
@@ -99,7 +184,8 @@ def register_text_files(
     vocabulary = vocab.default_vocabulary()
   elif isinstance(vocabulary, str):
     vocabulary = seqio.SentencePieceVocabulary(vocabulary, extra_ids=extra_ids)
-  source = seqio.TextLineDataSource(split_to_filepattern=splits)
+  _check_not_empty(splits)
+  source = seqio.FileDataSource(read_file_fn=_read_numbered_lines, split_to_filepattern=splits)
   names = pretraining.register_objectives(
     name_prefix,
     source,
@@ -108,13 +194,13 @@ def register_text_files(
     mode_prefix=mode_prefix,
     mode_token_ids=mode_token_ids,
   )
-  # TextLineDataSource yields bare strings: turn them into documents before the shared chain.
+  # The source yields numbered lines: turn them into documents before the shared chain.
   for name in names:
     task = seqio.get_mixture_or_task(name)
     pretraining.register_task(
       name,
       source=source,
-      preprocessors=[_lines_to_documents(format, text_key), *task.preprocessors],
+      preprocessors=[_lines_to_documents(format, text_key, skip_bad_lines), *task.preprocessors],
       output_features=task.output_features,
       metric_fns=[],
     )
@@ -141,6 +227,7 @@ def text_files_task(
   text_key: str = "text",
   vocabulary: seqio.Vocabulary | str | None = None,
   extra_ids: int = 100,
+  skip_bad_lines: bool = False,
 ) -> str:
   """Registers one pretraining objective over text or JSONL files and returns its task name.
 
@@ -164,6 +251,8 @@ def text_files_task(
     vocabulary: None (the embedded corpus's vocabulary), a `seqio.Vocabulary`, or a
       SentencePiece model path (given `extra_ids`).
     extra_ids: sentinel ids added to a vocabulary given as a path.
+    skip_bad_lines: skip (and count per file) JSONL lines that would stop the run
+      (TEXT_SKIP_BAD_LINES).
 
   Returns:
     The registered task name.
@@ -198,5 +287,6 @@ def text_files_task(
     vocabulary=vocabulary,
     objectives={objective: pretraining.OBJECTIVES[objective]},
     extra_ids=extra_ids,
+    skip_bad_lines=skip_bad_lines,
   )
   return name

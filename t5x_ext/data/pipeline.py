@@ -34,6 +34,22 @@ import tensorflow as tf
 
 from t5x_ext.data import feature_converters
 
+# What `tasks.text_files` puts in front of an error in a user's file (file:line: problem);
+# that error reaches us as the message of a TF error, with a Python traceback inside it.
+DATA_ERROR_MARK = "[input data error] "
+
+
+def _next_or_data_error(iterator):
+  """`next(iterator)`; an error in the input files becomes a ValueError with its message."""
+  try:
+    return next(iterator)
+  except tf.errors.OpError as e:
+    message = str(e.message)
+    if DATA_ERROR_MARK not in message:
+      raise
+    detail = message.split(DATA_ERROR_MARK, 1)[1].split("\n", 1)[0].strip()
+    raise ValueError(f"bad input data: {detail}") from None
+
 
 def _get_provider(name: str):
   try:
@@ -111,7 +127,7 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
   def __next__(self) -> dict[str, np.ndarray]:
     if self._it is None:
       self._start()
-    batch = {k: v.numpy() for k, v in next(self._it).items()}
+    batch = {k: v.numpy() for k, v in _next_or_data_error(self._it).items()}
     n = len(next(iter(batch.values())))
     self.num_valid = n
     if n < self.batch_size:  # only without drop_remainder: pad with zero rows
@@ -342,7 +358,12 @@ def get_infer_batches(
   ds = tf.data.Dataset.zip((raw, converter(raw, lengths)))
   output_features = provider.output_features
   examples, rows = [], []
-  for raw_ex, row in ds.as_numpy_iterator():
+  it = ds.as_numpy_iterator()
+  while True:
+    try:
+      raw_ex, row = _next_or_data_error(it)
+    except StopIteration:
+      break
     examples.append(_decode_example(raw_ex, output_features))
     rows.append(row)
     if len(rows) == batch_size:
