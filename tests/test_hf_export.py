@@ -131,6 +131,8 @@ VARIANTS = {
   "gated_gelu_untied": (("gelu", "linear"), False, "gated-gelu"),
   "gated_silu_tied": (("silu", "linear"), True, "gated-silu"),
   "gated_silu_untied": (("silu", "linear"), False, "gated-silu"),
+  # Exact (erf) GELU: `gated-gelu` would mean the tanh form to Transformers.
+  "gated_gelu_exact_untied": (("gelu_exact", "linear"), False, "gated-gelu_python"),
 }
 
 
@@ -147,6 +149,8 @@ def test_logits_match_transformers(variant, tmp_path, spm_path):
   assert (cfg["relative_attention_num_buckets"], cfg["relative_attention_max_distance"]) == (8, 20)
   names = set(read_state_dict(tmp_path))
   assert ("lm_head.weight" in names) is not tied
+  # The import reads the config back to the same activation.
+  assert hf_config.parse_hf_config(cfg).activation == activations[0]
   hf_model = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
   assert hf_model.config.scale_decoder_outputs is tied
   enc, dec = _tokens(1)
