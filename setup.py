@@ -48,6 +48,8 @@ EXTRAS = {
     "rouge-score==0.1.2",
   ],
   "notebooks": ["nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8", "nbformat>=5.10"],
+  # The ablation runner's figure (t5x_ext.experiments.ablation_report.plot).
+  "experiments": ["matplotlib>=3.8"],
   "hf": ["safetensors>=0.4"],
 }
 
