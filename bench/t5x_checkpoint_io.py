@@ -89,7 +89,7 @@ def _shapes(config) -> dict:
   return convert.model_shapes(config)
 
 
-def phase_write(work: pathlib.Path, size: str) -> dict:
+def phase_write(work: pathlib.Path, size: str, compressor: str = "gzip") -> dict:
   """Writes the synthetic checkpoint, one random tensor at a time."""
   import ml_dtypes
   import numpy as np
@@ -99,15 +99,17 @@ def phase_write(work: pathlib.Path, size: str) -> dict:
   config = _config(size)
   shapes = _shapes(config)
   rng = np.random.default_rng(0)
+  # One random block (4M values, 8 MiB: far beyond gzip's 32 KiB window, so the data stays
+  # as incompressible as real weights), tiled at a random offset into each tensor: drawing
+  # 1B normals would dominate the write.
+  block = (rng.standard_normal(1 << 22, dtype=np.float32) * 0.02).astype(ml_dtypes.bfloat16)
 
   def factory(name, shape):
     def make():
-      x = np.empty(shape, ml_dtypes.bfloat16)
-      flat = x.reshape(-1)
-      step = 1 << 24
-      for i in range(0, flat.size, step):  # in blocks: no float32 copy of the whole tensor
-        n = min(step, flat.size - i)
-        flat[i : i + n] = rng.standard_normal(n, dtype=np.float32) * 0.02
+      n = int(np.prod(shape))
+      start = int(rng.integers(block.size))
+      reps = -(-(n + start) // block.size)
+      x = np.tile(block, reps)[start : start + n].reshape(shape)
       return names._to_stored(name, x)
 
     return make
@@ -119,7 +121,9 @@ def phase_write(work: pathlib.Path, size: str) -> dict:
   for name, shape in shapes.items():
     stored = "decoder/logits_dense/kernel" if name == "logits_dense/kernel" else name
     target[stored] = factory(name, shape)
-  t5x_format.write_checkpoint(work / "t5x", 1000, target)
+  t5x_format.write_checkpoint(
+    work / "t5x", 1000, target, compressor={"id": "gzip"} if compressor == "gzip" else None
+  )
   seconds = time.perf_counter() - t0
   n = sum(int(np.prod(s)) for s in shapes.values())
   largest = max(shapes.items(), key=lambda kv: int(np.prod(kv[1])))
@@ -127,6 +131,8 @@ def phase_write(work: pathlib.Path, size: str) -> dict:
     "seconds": seconds,
     "params": n,
     "stored_bytes": n * 2,
+    "compressor": compressor,
+    "bytes_on_disk": sum(f.stat().st_size for f in (work / "t5x").rglob("*") if f.is_file()),
     "largest_tensor": {
       "name": largest[0],
       "shape": list(largest[1]),
@@ -222,12 +228,13 @@ PHASES = {
 }
 
 
-def _child(phase: str, work: pathlib.Path, size: str) -> dict:
+def _child(phase: str, work: pathlib.Path, size: str, compressor: str) -> dict:
   env = dict(os.environ)
   if phase in ("restore_8", "host_slice"):
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
   env["JAX_PLATFORMS"] = "cpu"
   cmd = [sys.executable, __file__, f"--phase={phase}", f"--workdir={work}", f"--size={size}"]
+  cmd.append(f"--compressor={compressor}")
   _log(f"{phase} ...")
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
   if proc.returncode:
@@ -255,9 +262,13 @@ def main() -> None:
   parser.add_argument("--workdir", default=None, help="default: a new temporary directory")
   parser.add_argument("--phase", choices=sorted(PHASES), default=None, help="(internal)")
   parser.add_argument("--keep", action="store_true", help="keep the files written")
+  parser.add_argument(
+    "--compressor", choices=["gzip", "raw"], default="gzip", help="zarr chunks (T5X: gzip)"
+  )
   args = parser.parse_args()
   if args.phase:
-    print(json.dumps(PHASES[args.phase](pathlib.Path(args.workdir), args.size)))
+    extra = {"compressor": args.compressor} if args.phase == "write" else {}
+    print(json.dumps(PHASES[args.phase](pathlib.Path(args.workdir), args.size, **extra)))
     return
   work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="t5x_ckpt_bench_"))
   work.mkdir(parents=True, exist_ok=True)
@@ -271,7 +282,7 @@ def main() -> None:
   try:
     load_before = os.getloadavg()
     for phase in PHASES:
-      report[phase] = _child(phase, work, args.size)
+      report[phase] = _child(phase, work, args.size, args.compressor)
     report["load_average"] = {"before": load_before, "after": os.getloadavg()}
   finally:
     if not args.keep:

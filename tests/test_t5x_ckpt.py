@@ -250,3 +250,58 @@ def test_restores_on_eight_simulated_devices_reading_only_slices(tmp_path):
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
   assert " passed" in proc.stdout and "skipped" not in proc.stdout
+
+
+class _ShapeOnly:
+  """A stored tensor's name and shape, without data (plans need nothing else)."""
+
+  def __init__(self, name, shape):
+    self.name, self.shape = name, tuple(shape)
+
+
+def test_released_ul2_20b_layout_fits_the_ul2_20b_gin_model():
+  # The names and shapes of gs://scenic-bucket/ul2/ul220b/checkpoint_* (t5x naming, 2-D
+  # attention kernels, shared relative-position tables, decoder/logits_dense), as UL2's
+  # flaxformer gin builds them, planned onto gin/models/ul2/ul2_20b.gin without any data.
+  d, heads, head_dim, f, v, layers = 4096, 16, 256, 16384, 32128, 32
+  stored = {"token_embedder/embedding": (v, d), "decoder/logits_dense/kernel": (d, v)}
+  for stack, attentions, norms in (
+    ("encoder", ["attention"], ["pre_attention_layer_norm"]),
+    (
+      "decoder",
+      ["self_attention", "encoder_decoder_attention"],
+      ["pre_self_attention_layer_norm", "pre_cross_attention_layer_norm"],
+    ),
+  ):
+    stored[f"{stack}/relpos_bias/rel_embedding"] = (heads, 32)
+    stored[f"{stack}/{stack}_norm/scale"] = (d,)
+    for i in range(layers):
+      prefix = f"{stack}/layers_{i}"
+      for a in attentions:
+        for p in ("query", "key", "value"):
+          stored[f"{prefix}/{a}/{p}/kernel"] = (d, heads * head_dim)
+        stored[f"{prefix}/{a}/out/kernel"] = (heads * head_dim, d)
+      for n in [*norms, "pre_mlp_layer_norm"]:
+        stored[f"{prefix}/{n}/scale"] = (d,)
+      stored[f"{prefix}/mlp/wi_0/kernel"] = stored[f"{prefix}/mlp/wi_1/kernel"] = (d, f)
+      stored[f"{prefix}/mlp/wo/kernel"] = (f, d)
+  refs = {n: _ShapeOnly(n, s) for n, s in stored.items()}
+  gin.clear_config()
+  from t5x_ext import cli
+
+  cli.parse_gin(["models/ul2/ul2_20b.gin"], [])
+  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  gin.clear_config()
+  views = names.source_views(refs)
+  config, _ = convert.gin_values.infer_config(
+    {n: view.shape for n, view in views.items()},
+    GinValues(
+      FLAXFORMER_GIN.split("# Architecture")[0] + "dense.MlpBlock.activations = ('swish', 'linear')"
+    ),
+    scan_layers=True,
+    remat_policy="dots_no_batch",
+  )
+  assert config == model.config
+  plan = names.plan(refs, convert.model_shapes(model.config))  # scanned: 32 views per tensor
+  assert plan["encoder/layers/attention/query/kernel"].shape == (32, d, heads, head_dim)
+  assert sum(int(np.prod(r.shape)) for r in plan.values()) == 19_591_209_984

@@ -39,6 +39,7 @@ CHECKPOINT_FILE = "checkpoint"
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
 # Chunks of at most 64 MiB, like t5x, so that sharded reads touch few bytes they do not need.
 _CHUNK_BYTES = 64 * 1024 * 1024
+_GZIP = {"id": "gzip"}
 
 
 class T5XFormatError(ValueError):
@@ -312,7 +313,7 @@ def _chunk_shape(shape: tuple[int, ...], itemsize: int) -> list[int]:
   return [max(1, c) for c in chunk]
 
 
-def _write_zarr(directory: pathlib.Path, name: str, array: np.ndarray) -> dict:
+def _write_zarr(directory: pathlib.Path, name: str, array: np.ndarray, compressor) -> dict:
   rel = "target." + name.replace("/", ".")  # t5x names arrays by their state-dict path
   dtype = "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.name
   spec = {
@@ -320,7 +321,7 @@ def _write_zarr(directory: pathlib.Path, name: str, array: np.ndarray) -> dict:
     "dtype": dtype,
     "kvstore": {"driver": "file", "path": rel},
     "metadata": {
-      "compressor": {"id": "gzip"},
+      "compressor": compressor,
       "shape": list(array.shape),
       "chunks": _chunk_shape(array.shape, array.dtype.itemsize),
     },
@@ -341,6 +342,7 @@ def write_checkpoint(
   *,
   state: Mapping[str, Any] | None = None,
   inline: Callable[[str, np.ndarray], bool] | None = None,
+  compressor: dict | None = _GZIP,
 ) -> pathlib.Path:
   """Writes `model_dir/checkpoint_<step>/` in T5X format version 3.
 
@@ -358,6 +360,8 @@ def write_checkpoint(
       its arrays are stored inline.
     inline: `(name, array) -> bool`, True to store that tensor inside the msgpack file
       instead of its own zarr array (T5X does so for unpartitioned leaves). Default: none.
+    compressor: the zarr compressor; T5X writes gzip (the default), None stores raw chunks
+      (faster to write and read; readers need no change).
 
   Returns:
     The step directory.
@@ -376,7 +380,10 @@ def write_checkpoint(
   for name, value in target.items():
     array = value() if callable(value) else value
     array = np.asarray(array)
-    leaf = array if inline is not None and inline(name, array) else _write_zarr(tmp, name, array)
+    if inline is not None and inline(name, array):
+      leaf = array
+    else:
+      leaf = _write_zarr(tmp, name, array, compressor)
     node = tree
     *parents, last = name.split("/")
     for p in parents:
