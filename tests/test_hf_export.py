@@ -8,10 +8,13 @@ networks have 384 rows, as the embedded corpus has 8,100 ids for 8,192 rows).
 import dataclasses
 import io
 import json
+import os
 
 import numpy as np
 import pytest
 
+# Everything is local; make sure Transformers does not try the Hub either.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -165,7 +168,14 @@ def test_logits_match_transformers(variant, tmp_path, spm_path):
 def test_scanned_params_export_the_same_tensors(tmp_path):
   config = _config(("silu", "linear"), False)
   model, params = _model_and_params(config)
-  export.export_hf_t5(model, params, tmp_path / "a")
+  boxed = model.init_variables(
+    jax.random.key(0),
+    {
+      k: np.ones((1, 4), np.int32)
+      for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+    },
+  )
+  export.export_hf_t5(model, boxed, tmp_path / "a")  # {'params': boxed leaves} works too
   scanned = network.stack_layer_params(jax.tree.map(np.asarray, params))
   export.export_hf_t5(config.replace(scan_layers=True), scanned, tmp_path / "b")
   a, b = read_state_dict(tmp_path / "a"), read_state_dict(tmp_path / "b")

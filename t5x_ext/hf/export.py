@@ -38,6 +38,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import ml_dtypes
 import numpy as np
 
@@ -177,8 +178,8 @@ def export_hf_t5(
   Args:
     model_or_config: an `EncoderDecoderModel` (its `eos_id` is used) or an encoder-decoder
       `TransformerConfig` (EOS 1).
-    params: the 'params' collection (unboxed; numpy or jax arrays; scanned or not), or
-      `{'params': ...}`.
+    params: the 'params' collection (numpy or jax arrays, boxed or not; scanned or not),
+      or `{'params': ...}`.
     out_dir: the directory to write; must not hold a config.json yet.
     vocabulary: a SentencePiece model path or a `seqio.SentencePieceVocabulary`; None
       writes no tokenizer.
@@ -203,6 +204,7 @@ def export_hf_t5(
   max_bytes = parse_size(max_shard_size)
   if set(params) == {"params"}:
     params = params["params"]
+  params = nn.unbox(params)  # boxed (LogicallyPartitioned) leaves as init_variables gives them
   spec = dataclasses.replace(config_to_spec(config), eos_token_id=eos_id)
   tensors = _tensors(spec, config)
   _check_params(params, tensors)
@@ -336,7 +338,6 @@ def model_from_gin(gin_files: list[str], bindings: list[str] = ()) -> Any:
 
 def abstract_params(model: Any, dtype: str) -> Any:
   """The model's params as ShapeDtypeStructs in `dtype` (the restore target), unboxed."""
-  import flax.linen as nn
   import jax
 
   tokens = np.zeros((1, 4), np.int32)
