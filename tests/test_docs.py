@@ -157,7 +157,8 @@ def test_model_table_matches_the_parsed_config(row):
 
   gin_file = _code(row[0])
   cli.parse_gin([gin_file])
-  cfg = gin.query_parameter("%MODEL").scoped_configurable_fn().config
+  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  cfg = model.config
   enc, dec = (int(x) for x in row[1].split("+"))
   heads, head_dim = (int(x) for x in row[3].split("×"))
   documented = (enc, dec, int(row[2]), heads, head_dim, int(row[4]), int(row[5]))
@@ -171,6 +172,31 @@ def test_model_table_matches_the_parsed_config(row):
     cfg.vocab_size,
   )
   assert documented == actual, f"{gin_file}: documented {documented}, parsed {actual}"
+  # Parameters: the documented figure must be the count (jax.eval_shape) rounded as written,
+  # e.g. "11.1B" for 11,135M (XXL's released configuration; "11.3B" is a common misquote).
+  count = _parameter_count(model)
+  m = re.fullmatch(r"([0-9.]+)([MB])", row[6].strip())
+  assert m, f"{gin_file}: parameters cell {row[6]!r} is not like 7.3M or 2.85B"
+  number, unit = m.group(1), {"M": 1e6, "B": 1e9}[m.group(2)]
+  decimals = len(number.partition(".")[2])
+  assert f"{count / unit:.{decimals}f}" == number, (
+    f"{gin_file}: documented {row[6]} parameters, counted {count:,}"
+  )
+
+
+def _parameter_count(model) -> int:
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  names = (
+    ("decoder_input_tokens", "decoder_target_tokens", "decoder_causal_attention")
+    if model.config.decoder_only
+    else ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+  )
+  batch = {k: jax.ShapeDtypeStruct((2, 16), np.int32) for k in names}
+  params = nn.unbox(jax.eval_shape(model.init_variables, jax.random.PRNGKey(0), batch)["params"])
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
 def _parameter_tables():
