@@ -12,6 +12,11 @@ checkpoint in MODEL_DIR (or CHECKPOINT_PATH):
 
 Results go to MODEL_DIR/metrics/eval.jsonl (one line per evaluated checkpoint step) and are
 returned as a dict. Usable from Python without gin: `evaluate(model=..., ...)`.
+
+`gin/runs/eval_suite.gin` instead binds the evaluation suite
+(`t5x_ext.evaluation.suite.run_suite`: per-family losses, the mode-prefix matrix, rank
+classification, fine-tuning probes; required macro MODEL_DIR); `main` runs whichever of the
+two the gin files configure.
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from evaluation_util import CONFIG, save_random_params
 
 from t5x_ext import eval as eval_lib
-from t5x_ext import models, network, objectives
+from t5x_ext import models, objectives
 from t5x_ext.evaluation import examples as ex_lib
 from t5x_ext.evaluation import mode_matrix, suite
 from t5x_ext.evaluation import rank_classification as rank_lib
@@ -19,39 +19,6 @@ from tasks import evaluation as eval_tasks
 
 LENGTHS = {"inputs": 96, "targets": 48}
 NAMES = [d.name for d in objectives.UL2_DENOISERS]
-CONFIG = network.TransformerConfig(
-  vocab_size=8192,
-  emb_dim=32,
-  num_heads=2,
-  head_dim=16,
-  mlp_dim=64,
-  num_encoder_layers=1,
-  num_decoder_layers=1,
-  dtype="float32",
-  relative_attention_num_buckets=8,
-  relative_attention_max_distance=32,
-)
-
-
-def save_random_params(model, path) -> None:
-  """Writes a random init of `model` where `checkpointing.restore_params` reads it."""
-  z = np.zeros((1, 8), np.int32)
-  batch = {
-    "encoder_input_tokens": z,
-    "decoder_input_tokens": z,
-    "decoder_target_tokens": z,
-    "decoder_loss_weights": z,
-  }
-  if model.feature_converter_name != "EncDecFeatureConverter":
-    batch = {
-      k: z for k in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
-    }
-    batch["decoder_causal_attention"] = z
-  import flax
-
-  params = flax.linen.unbox(model.init_variables(jax.random.key(1), batch)["params"])
-  with ocp.StandardCheckpointer() as writer:
-    writer.save(path, params)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ from t5x_ext.evaluation import rank_classification as rank_lib
 
 FAMILIES = mode_matrix.FAMILIES
 PREFIXES = mode_matrix.COLUMNS
+FAMILY_MODES = mode_matrix.FAMILY_MODES
 PARTS = ("family_loss", "mode_matrix", "rank_classification", "probes")
 DEFAULT_LENGTHS = {"inputs": 512, "targets": 128}
 RESULTS_FILE = "eval_suite.json"
@@ -112,6 +114,33 @@ def _family_batches(
       for column in columns
     }
   return out
+
+
+def _rank_tasks(rank_task, lengths, num_shots: int, seed: int):
+  """Registers the rank tasks: {(shots key, column): name}, their lengths, the labels."""
+  from tasks import evaluation as eval_tasks
+
+  spec = dict(rank_task or eval_tasks.TOPIC_RANK_TASK)
+  labels = tuple(spec["labels"])
+  vocab = eval_tasks.rank_vocabulary(spec)
+  # Targets hold the longest option and EOS, so no option is cut; zero-shot inputs are short
+  # (the topic task's are under ~220 tokens; longer ones lose their start, never the end).
+  targets_len = max(len(vocab.encode(label)) for label in labels) + 1
+  names, rank_lengths = {}, {}
+  for shots_key, shots in (("zero_shot", 0), ("few_shot", num_shots)):
+    inputs_len = lengths["inputs"] if shots else min(lengths["inputs"], ZERO_SHOT_INPUTS)
+    rank_lengths[shots_key] = {"inputs": inputs_len, "targets": targets_len}
+    for column in PREFIXES:
+      names[(shots_key, column)] = eval_tasks.register_rank_classification(
+        spec["name"],
+        spec["examples_fn"],
+        labels,
+        num_shots=shots,
+        mode=mode_matrix.column_mode(column),
+        vocabulary=vocab,
+        seed=seed,
+      )
+  return names, rank_lengths, labels
 
 
 def run_suite(
@@ -189,6 +218,7 @@ def run_suite(
 
   denoiser_names = [d.name for d in objectives.UL2_DENOISERS]
   results: dict[str, float] = {}
+  t0 = time.perf_counter()
 
   # ---- data for the teacher-forced parts, built before the params (their shapes).
   batches: dict[str, dict[str, list]] = {}
@@ -210,30 +240,11 @@ def run_suite(
       mesh=mesh,
       denoiser_names=denoiser_names,
     )
-  rank_tasks: dict[tuple[str, str], str] = {}
-  rank_lengths: dict[str, dict[str, int]] = {}
+  rank_tasks, rank_lengths, labels = {}, {}, ()
   if "rank_classification" in parts:
-    from tasks import evaluation as eval_tasks
+    rank_tasks, rank_lengths, labels = _rank_tasks(rank_task, lengths, num_shots, seed)
+  seconds = {"data": time.perf_counter() - t0}
 
-    spec = dict(rank_task or eval_tasks.TOPIC_RANK_TASK)
-    labels = tuple(spec["labels"])
-    vocab = eval_tasks.rank_vocabulary(spec)
-    # Targets hold the longest option and EOS, so no option is cut; zero-shot inputs are
-    # short (the topic task's are under ~220 tokens; longer ones lose their start).
-    targets_len = max(len(vocab.encode(label)) for label in labels) + 1
-    for shots_key, shots in (("zero_shot", 0), ("few_shot", num_shots)):
-      inputs_len = lengths["inputs"] if shots else min(lengths["inputs"], ZERO_SHOT_INPUTS)
-      rank_lengths[shots_key] = {"inputs": inputs_len, "targets": targets_len}
-      for column in PREFIXES:
-        rank_tasks[(shots_key, column)] = eval_tasks.register_rank_classification(
-          spec["name"],
-          spec["examples_fn"],
-          labels,
-          num_shots=shots,
-          mode=mode_matrix.column_mode(column),
-          vocabulary=vocab,
-          seed=seed,
-        )
   first = None
   for columns in batches.values():
     for rows in columns.values():
@@ -257,13 +268,17 @@ def run_suite(
       logical_axis_rules=logical_axis_rules,
       denoiser_names=denoiser_names,
     )
+    seconds["restore"] = time.perf_counter() - t0 - sum(seconds.values())
     if batches:
+      t = time.perf_counter()
       table = mode_matrix.score_table(trainer, params, batches)
       if "family_loss" in parts:
         results.update(mode_matrix.family_results(table, family_prefix))
       if "mode_matrix" in parts:
         results.update(mode_matrix.matrix_results(table))
+      seconds["teacher_forced"] = time.perf_counter() - t
     if rank_tasks:
+      t = time.perf_counter()
       scorer = rank_lib.Scorer(trainer)
       for (shots_key, column), name in rank_tasks.items():
         m = rank_lib.evaluate(
@@ -277,9 +292,11 @@ def run_suite(
           length_normalize=rank_length_normalize,
         )
         results[f"rank_classification/{shots_key}/{column}/accuracy"] = m["accuracy"]
+      seconds["rank_classification"] = time.perf_counter() - t
     del params
 
   if "probes" in parts:
+    t = time.perf_counter()
     own_dir = work_dir is None
     work = work_dir or tempfile.mkdtemp(prefix="eval_suite_probes_")
     try:
@@ -301,21 +318,31 @@ def run_suite(
     finally:
       if own_dir:
         shutil.rmtree(work, ignore_errors=True)
+    seconds["probes"] = time.perf_counter() - t
+  logging.info("Evaluation suite seconds: %s", {k: round(v, 1) for k, v in seconds.items()})
 
   if model_dir and jax.process_index() == 0:
-    write_results(model_dir, results, checkpoint_path=checkpoint_path)
+    write_results(model_dir, results, checkpoint_path=checkpoint_path, seconds=seconds)
   if verbose and jax.process_index() == 0:
     print(report.markdown(results))
   return results
 
 
-def write_results(model_dir: str, results: Mapping[str, float], *, checkpoint_path: str) -> str:
-  """Writes `model_dir/metrics/eval_suite.json`: `{"step", "checkpoint_path", "results"}`.
+def write_results(
+  model_dir: str,
+  results: Mapping[str, float],
+  *,
+  checkpoint_path: str,
+  seconds: Mapping[str, float] | None = None,
+) -> str:
+  """Writes `model_dir/metrics/eval_suite.json`: `{"step", "checkpoint_path", "results",
+  "seconds"}` (`step`: the evaluated checkpoint's, None for converted weights).
 
   Args:
     model_dir: the run directory.
     results: `run_suite`'s dict.
     checkpoint_path: what was evaluated.
+    seconds: wall time per stage.
 
   Returns:
     The file's path.
@@ -328,6 +355,7 @@ def write_results(model_dir: str, results: Mapping[str, float], *, checkpoint_pa
     "step": eval_lib.checkpoint_step(checkpoint_path),
     "checkpoint_path": os.fspath(checkpoint_path),
     "results": dict(results),
+    "seconds": dict(seconds or {}),
   }
   tmp = path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
