@@ -606,7 +606,8 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
     from t5x_ext.t5x_ckpt.restore import restore_params as restore_t5x_params
 
     return restore_t5x_params(path, _to_abstract(abstract_params))
-  path = epath.Path(path)
+  # Orbax reads no metadata from a relative path (its metadata comes back None).
+  path = epath.Path(path if "://" in os.fspath(path) else os.path.abspath(path))
   source, in_state = _resolve_params_source(path)
   target = _to_abstract(abstract_params)
   checkpointer = ocp.PyTreeCheckpointer()

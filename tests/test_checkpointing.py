@@ -265,7 +265,7 @@ def test_process_killed_during_an_async_save_restarts_from_the_last_complete_one
 # ------------------------------------------------------------------ params only
 
 
-def test_params_only_restore_from_a_run_a_step_and_a_converted_checkpoint(tmp_path):
+def test_params_only_restore_from_a_run_a_step_and_a_converted_checkpoint(tmp_path, monkeypatch):
   ckpt = _checkpointer(tmp_path / "run", save_interval_steps=1)
   ckpt.save(3, _state(3, scale=3.0))
   ckpt.save(8, _state(8, scale=8.0))
@@ -292,6 +292,9 @@ def test_params_only_restore_from_a_run_a_step_and_a_converted_checkpoint(tmp_pa
   _assert_trees_equal(checkpointing.restore_params(tmp_path / "hf", target), _params(5.0))
   restored = checkpointing.restore_params(tmp_path / "hf2" / "params", target)
   assert restored["scale"].dtype == jnp.float32
+  # A path relative to the working directory works too (Orbax alone loses its metadata).
+  monkeypatch.chdir(tmp_path)
+  _assert_trees_equal(checkpointing.restore_params("hf", target), _params(5.0))
   np.testing.assert_allclose(restored["scale"], 0.5)
 
 
