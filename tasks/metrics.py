@@ -1,8 +1,10 @@
 """SeqIO metric functions for the fine-tuning tasks: accuracy and ROUGE.
 
-ROUGE uses the `rouge_score` package when it is installed; otherwise a small implementation
-here (lower-cased alphanumeric tokens, no stemming, F-measure of ROUGE-1/2/L), so scores are
-close to but not identical with the package's.
+ROUGE uses the `rouge_score` package when it is installed (with the Porter stemmer, as T5
+reports ROUGE); otherwise a small implementation here (lower-cased alphanumeric tokens,
+F-measure of ROUGE-1/2/L) that equals the package without stemming: `rouge(...,
+use_stemmer=False)` gives the same numbers either way (tests/test_tasks_metrics.py), and with
+stemming they differ only where a word's stem differs from the word ("cats" vs "cat").
 """
 
 from __future__ import annotations
@@ -80,12 +82,16 @@ def rouge_scores(reference: str, prediction: str) -> dict[str, float]:
   return out
 
 
-def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+def rouge(
+  targets: Sequence[str], predictions: Sequence[str], *, use_stemmer: bool = True
+) -> dict[str, float]:
   """Mean ROUGE-1/2/L F-measure in percent (via `rouge_score` if installed).
 
   Args:
     targets: reference summaries.
     predictions: predicted summaries.
+    use_stemmer: Porter-stem words of more than 3 letters (`rouge_score` only; the own
+      implementation never stems).
 
   Returns:
     `{"rouge1", "rouge2", "rougeL"}` in [0, 100].
@@ -101,7 +107,7 @@ def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float
   try:
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=use_stemmer)
 
     def score(t, p):
       return {k: v.fmeasure for k, v in scorer.score(t, p).items()}
