@@ -57,6 +57,15 @@ PART_KEYS = {
   "probes": ("probe/",),
 }
 
+# The suite settings each part's numbers depend on (besides the step and the prefix column).
+_SHARED_EVAL_FIELDS = ("corpus", "task_feature_lengths", "seed")
+PART_EVAL_FIELDS = {
+  "family_loss": ("batch_size", "max_eval_batches"),
+  "mode_matrix": ("batch_size", "max_eval_batches"),
+  "rank_classification": ("rank_max_examples",),
+  "probes": ("probe_steps",),
+}
+
 
 def _is_chief() -> bool:
   import jax
@@ -231,7 +240,9 @@ def _evaluate_run(
   cached: dict[str, dict] = {}
   for part in parts:
     record = _read_json(run_dir / EVAL_DIR / f"{part}.json")
-    if record is not None and record.get("key") == key:
+    # A cached part stands while the settings it depends on are unchanged.
+    fields = ("step", "family_prefix", *_SHARED_EVAL_FIELDS, *PART_EVAL_FIELDS.get(part, ()))
+    if record is not None and all(record["key"].get(f) == key.get(f) for f in fields):
       cached[part] = record
   missing = [p for p in parts if p not in cached]
   if missing:
