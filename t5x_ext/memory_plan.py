@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -204,6 +205,8 @@ class Plan:
     temp_bytes: XLA: temporaries (activations, gradients, updates, collectives).
     generated_code_bytes: XLA: the executable's code.
     compile_seconds: wall seconds of lowering + compiling.
+    compile_cpu_seconds: CPU seconds of this process meanwhile (all threads): the cost on a
+      busy machine, where wall time mostly measures waiting.
   """
 
   batch_size: int
@@ -219,6 +222,7 @@ class Plan:
   temp_bytes: int
   generated_code_bytes: int
   compile_seconds: float
+  compile_cpu_seconds: float = 0.0
 
   @property
   def num_devices(self) -> int:
@@ -264,6 +268,7 @@ class Plan:
       state_bytes=self.state_bytes,
       total_bytes=self.total_bytes,
       compile_seconds=round(self.compile_seconds, 2),
+      compile_cpu_seconds=round(self.compile_cpu_seconds, 2),
     )
     return d
 
@@ -374,7 +379,9 @@ def plan_train_step(trainer: Any, batch: Mapping[str, Any]) -> Plan:
     RuntimeError: when the backend gives no memory analysis.
   """
   shapes = _global_shapes(batch, None)
+  cpu_start = time.process_time()
   seconds = trainer.compile_train_step(shapes)
+  cpu_seconds = time.process_time() - cpu_start
   stats = trainer.compiled_train_step.memory_analysis()
   if stats is None:
     raise RuntimeError(f"The {jax.default_backend()} backend gives no memory analysis.")
@@ -397,6 +404,7 @@ def plan_train_step(trainer: Any, batch: Mapping[str, Any]) -> Plan:
     temp_bytes=int(stats.temp_size_in_bytes),
     generated_code_bytes=int(stats.generated_code_size_in_bytes),
     compile_seconds=float(seconds),
+    compile_cpu_seconds=cpu_seconds,
   )
 
 

@@ -287,7 +287,8 @@ def format_report(r: Mapping[str, Any]) -> str:
     f"  mesh      {mesh} ({r['num_devices']} {r['device_kind']} devices)",
     f"  batch     {p['batch_size']} rows, {p['batch_size'] // dp} per data-parallel shard, "
     f"{p['num_microbatches']} microbatch(es)",
-    f"  compiled  in {p['compile_seconds']:.1f} s on {p['platform']}",
+    f"  compiled  in {p['compile_seconds']:.1f} s ({p['compile_cpu_seconds']:.1f} s CPU) on "
+    f"{p['platform']}",
     "  per device:",
     *(f"    {name:<26}{fb(v):>12}" for name, v in rows),
     f"    {'total':<26}{fb(p['total_bytes']):>12}",
