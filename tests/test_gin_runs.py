@@ -33,6 +33,25 @@ def _files_for(name: str) -> list[str]:
   return [TINY, name] if name.startswith(NEEDS_MODEL) else [name]
 
 
+def _parse_keeping_own_macros(name: str) -> None:
+  """Parses a file with MACROS only for what it leaves unset, so an experiment's own task
+  and lengths are what the test sees (not the stand-ins of MACROS)."""
+  from t5x_ext import gin_checks
+
+  cli.parse_gin(_files_for(name))
+  read = gin_checks.read_macros()
+
+  def unset(binding):
+    macro = binding.split("=")[0].strip()
+    value = cli.macro_value(macro)
+    # Declared %gin.REQUIRED, or read by a setting and bound nowhere.
+    return str(value) == "%gin.REQUIRED" or (value is None and macro in read)
+
+  unset = [m for m in MACROS if unset(m)]
+  gin.clear_config()
+  cli.parse_gin(_files_for(name), unset)
+
+
 def _model():
   ref = gin.query_parameter("MODEL/macro.value")
   # A ConfigurableReference evaluates (builds the object) when deep-copied.
@@ -89,9 +108,10 @@ RUNNABLE = [n for n in ALL_FILES if n.startswith(("runs/", "experiments/", "loca
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_run_file_builds_its_model(name):
-  cli.parse_gin(_files_for(name), MACROS)
+  _parse_keeping_own_macros(name)
   model = _model()
-  lengths = dict(cli.macro_value("TASK_FEATURE_LENGTHS"))
+  # A model file alone (or a run part such as runs/text_files.gin) sets no lengths.
+  lengths = dict(cli.macro_value("TASK_FEATURE_LENGTHS") or {"inputs": 64, "targets": 32})
   params = jax.eval_shape(
     lambda: model.init_variables(jax.random.key(0), _abstract_batch(model, lengths))
   )["params"]
@@ -117,3 +137,52 @@ def test_main_job_has_every_required_macro():
     cli.check_required_macros((macro,))
   with pytest.raises(ValueError, match="MODEL_DIR"):
     cli.check_required_macros(("MODEL_DIR",))
+
+
+def _own_task(name: str) -> str | None:
+  text = (GIN_DIR / name).read_text()
+  return next(
+    (
+      line.split("=", 1)[1].strip().strip("'")
+      for line in text.splitlines()
+      if line.startswith("MIXTURE_OR_TASK_NAME =")
+    ),
+    None,
+  )
+
+
+EXPERIMENTS_WITH_TASKS = [
+  n for n in RUNNABLE if n.startswith(("experiments/", "local/")) and _own_task(n) is not None
+]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS_WITH_TASKS)
+def test_experiment_task_fits_its_own_lengths(name, monkeypatch, request):
+  """Each experiment's MIXTURE_OR_TASK_NAME with its own TASK_FEATURE_LENGTHS and VOCAB_SIZE,
+  through the entry points' check (`run_data.check_task`: lengths planned for every denoiser
+  with the task's vocabulary, vocabulary <= VOCAB_SIZE)."""
+  import seqio
+
+  from t5x_ext import run_data
+
+  _parse_keeping_own_macros(name)
+  task_name = cli.macro_value("MIXTURE_OR_TASK_NAME")
+  lengths = dict(cli.macro_value("TASK_FEATURE_LENGTHS"))
+  assert task_name == _own_task(name)
+  provider = run_data.get_provider(task_name)
+  vocab = run_data.vocabulary_of(provider)
+  path = getattr(vocab, "sentencepiece_model_file", "") or ""
+  if "://" in path:
+    # T5's public vocabulary (gs://) is not read offline: the shared 32K SentencePiece model
+    # with the same 100 extra ids stands in (sentinel counts are what the plan depends on;
+    # mode prefixes may encode to a token more or less).
+    spm = request.getfixturevalue("spm32k_path")
+    stand_in = seqio.SentencePieceVocabulary(spm, extra_ids=vocab.extra_ids)
+    monkeypatch.setattr(run_data, "vocabulary_of", lambda _: stand_in)
+  # Shared parts (experiments/ul2_c4.gin) get the tiny stand-in model: no VOCAB_SIZE check.
+  vocab_size = None if name.startswith(NEEDS_MODEL) else cli.macro_value("VOCAB_SIZE")
+  run_data.check_task(provider, lengths, model_vocab_size=vocab_size)
+  # And the check can fail: half the inputs length does not fit a span denoiser's plan.
+  if run_data.denoisers_of(provider):
+    with pytest.raises(ValueError, match="TASK_FEATURE_LENGTHS"):
+      run_data.check_task(provider, {"inputs": 16, "targets": 4})
