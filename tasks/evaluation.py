@@ -460,7 +460,12 @@ def _first_sentence_format(ex):
   return {"inputs": tf.strings.join(["first sentence: ", ex["rest"]]), "targets": ex["first"]}
 
 
-def register_first_sentence(*, mode: str = objectives.MODE_S2S) -> str:
+def register_first_sentence(
+  *,
+  mode: str = objectives.MODE_S2S,
+  vocabulary: seqio.Vocabulary | None = None,
+  tag: str = "",
+) -> str:
   """Registers the generation probe: the first sentence of a paragraph from the rest.
 
   Before/after: {"rest": "It returns ...", "first": "Parse a header."} ->
@@ -468,12 +473,15 @@ def register_first_sentence(*, mode: str = objectives.MODE_S2S) -> str:
 
   Args:
     mode: the mode prefix ("" for none).
+    vocabulary: default: the embedded corpus's.
+    tag: put in the name (for another vocabulary, e.g. the corpus name "c4").
 
   Returns:
-    `pydocs_first_sentence_v1` for `[S2S]`, else `pydocs_first_sentence_<mode>_v1`.
+    `pydocs_first_sentence_v1` for `[S2S]`, else `pydocs_first_sentence_<mode>_v1`
+    (`..._<tag>_v1` with a tag).
   """
   suffix = "" if mode == objectives.MODE_S2S else f"_{_slug(mode)}"
-  name = f"pydocs_first_sentence{suffix}_{VERSION}"
+  name = f"pydocs_first_sentence{suffix}{'_' + tag if tag else ''}_{VERSION}"
   if mode not in objectives.MODES:
     raise ValueError(f"task {name!r}: mode={mode!r} is not one of {objectives.MODES}")
   pretraining.register_task(
@@ -485,7 +493,51 @@ def register_first_sentence(*, mode: str = objectives.MODE_S2S) -> str:
       functools.partial(finetune.prepend_mode, mode=mode),
       seqio.preprocessors.append_eos_after_trim,
     ],
-    output_features=pretraining.output_features(vocab.default_vocabulary()),
+    output_features=pretraining.output_features(vocabulary or vocab.default_vocabulary()),
     metric_fns=[metrics.rouge],
+  )
+  return name
+
+
+def _topic_text_dataset(split: str, shuffle_files: bool = False, seed: int | None = None):
+  del shuffle_files, seed
+  exs = topic_examples(split)
+  return tf.data.Dataset.from_tensor_slices(
+    {"inputs": [e["inputs"] for e in exs], "targets": [e["targets"] for e in exs]}
+  )
+
+
+def register_topic_classification(
+  *, mode: str = objectives.MODE_NLU, vocabulary: seqio.Vocabulary | None = None, tag: str = ""
+) -> str:
+  """The embedded topic task for the classification probe, in any vocabulary.
+
+  With the embedded vocabulary and no tag this is `tasks.finetune`'s
+  `pydocs_topic_classification{,_nlg,_s2s,_nomode}_v1`; otherwise the same examples and
+  metric as `pydocs_topic_classification_<mode>_<tag>_v1`.
+
+  Args:
+    mode: the mode prefix ("" for none).
+    vocabulary: default: the embedded corpus's.
+    tag: put in the name (for another vocabulary, e.g. the corpus name "c4").
+
+  Returns:
+    The task name.
+  """
+  if vocabulary is None and not tag:
+    return finetune.register_pydocs_topic(mode=mode)
+  name = f"pydocs_topic_classification_{_slug(mode)}{'_' + tag if tag else ''}_{VERSION}"
+  if mode not in objectives.MODES:
+    raise ValueError(f"task {name!r}: mode={mode!r} is not one of {objectives.MODES}")
+  pretraining.register_task(
+    name,
+    source=corpus.InMemorySource(_topic_text_dataset, corpus.SPLITS),
+    preprocessors=[
+      seqio.preprocessors.tokenize,
+      functools.partial(finetune.prepend_mode, mode=mode),
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    output_features=pretraining.output_features(vocabulary or vocab.default_vocabulary()),
+    metric_fns=[metrics.accuracy],
   )
   return name

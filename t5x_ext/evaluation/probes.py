@@ -26,24 +26,33 @@ CLASSIFICATION_LENGTHS = {"inputs": 192, "targets": 8}
 GENERATION_LENGTHS = {"inputs": 160, "targets": 48}
 
 
-def probe_tasks(prefix: str = "matching") -> dict[str, str]:
-  """Registers and names the probes' tasks for a prefix choice.
+def probe_tasks(prefix: str = "matching", corpus: str = "pydocs") -> dict[str, str]:
+  """Registers and names the probes' tasks for a prefix choice, in the corpus's vocabulary.
 
   Args:
     prefix: "matching" (`[NLU]` classification, `[S2S]` generation) or "none".
+    corpus: the corpus the model was pretrained on; its vocabulary encodes the probe tasks
+      (the embedded corpus's tasks keep their usual names; others get the corpus in the name).
 
   Returns:
     {"classification": task name, "generation": task name}.
   """
   from tasks import evaluation as eval_tasks
-  from tasks import finetune
+  from tasks import vocab as vocab_lib
 
   if prefix not in ("matching", "none"):
     raise ValueError(f"probe prefix={prefix!r}: use 'matching' or 'none'")
   matching = prefix == "matching"
+  voc = eval_tasks.corpus_task(corpus).output_features["targets"].vocabulary
+  tag = "" if voc == vocab_lib.default_vocabulary() else corpus
+  voc = voc if tag else None
   return {
-    "classification": finetune.register_pydocs_topic(mode="[NLU]" if matching else ""),
-    "generation": eval_tasks.register_first_sentence(mode="[S2S]" if matching else ""),
+    "classification": eval_tasks.register_topic_classification(
+      mode="[NLU]" if matching else "", vocabulary=voc, tag=tag
+    ),
+    "generation": eval_tasks.register_first_sentence(
+      mode="[S2S]" if matching else "", vocabulary=voc, tag=tag
+    ),
   }
 
 
@@ -130,6 +139,7 @@ def run_probes(
   learning_rate: float = 1e-3,
   eval_examples: int | None = 128,
   prefix: str = "matching",
+  corpus: str = "pydocs",
   which: tuple[str, ...] = ("classification", "generation"),
   mesh_shape: Mapping[str, int] | None = None,
   logical_axis_rules: partitioning.Rules = partitioning.DEFAULT_RULES,
@@ -146,6 +156,7 @@ def run_probes(
     learning_rate: constant learning rate.
     eval_examples: validation examples decoded per probe (None: all).
     prefix: "matching" or "none" (see `probe_tasks`).
+    corpus: the pretraining corpus (its vocabulary encodes the tasks).
     which: the probes to run.
     mesh_shape: MESH_SHAPE.
     logical_axis_rules: rules.
@@ -154,7 +165,7 @@ def run_probes(
   Returns:
     `probe/classification/accuracy`, `probe/generation/rouge1`, ... .
   """
-  names = probe_tasks(prefix)
+  names = probe_tasks(prefix, corpus)
   lengths = {"classification": CLASSIFICATION_LENGTHS, "generation": GENERATION_LENGTHS}
   out: dict[str, float] = {}
   for probe in which:

@@ -116,12 +116,18 @@ def _family_batches(
   return out
 
 
-def _rank_tasks(rank_task, lengths, num_shots: int, seed: int):
+def _rank_tasks(rank_task, corpus: str, lengths, num_shots: int, seed: int):
   """Registers the rank tasks: {(shots key, column): name}, their lengths, the labels."""
   from tasks import evaluation as eval_tasks
+  from tasks import vocab as vocab_lib
 
   spec = dict(rank_task or eval_tasks.TOPIC_RANK_TASK)
   labels = tuple(spec["labels"])
+  if "vocabulary" not in spec:  # the model's: the corpus's vocabulary
+    corpus_vocab = eval_tasks.corpus_task(corpus).output_features["targets"].vocabulary
+    if corpus_vocab != vocab_lib.default_vocabulary():
+      spec["vocabulary"] = corpus_vocab
+      spec["name"] = f"{spec['name']}_{corpus}"
   vocab = eval_tasks.rank_vocabulary(spec)
   # Targets hold the longest option and EOS, so no option is cut; zero-shot inputs are short
   # (the topic task's are under ~220 tokens; longer ones lose their start, never the end).
@@ -188,7 +194,8 @@ def run_suite(
     num_shots: demonstrations per input for `rank_classification/few_shot`.
     rank_task: the classification task to rank-classify: {"name": short name,
       "examples_fn": split -> [{"inputs", "targets"}], "labels": options, optional
-      "vocabulary"} (default: the embedded topic task, `tasks.evaluation.TOPIC_RANK_TASK`).
+      "vocabulary"} (default: the embedded topic task, `tasks.evaluation.TOPIC_RANK_TASK`);
+      without a vocabulary, the corpus's encodes it.
     rank_max_examples: rank-classify only the first examples (None: the ~120 of the split).
     rank_length_normalize: rank options by mean instead of summed log-likelihood.
     probe_steps: fine-tuning steps per probe.
@@ -242,7 +249,7 @@ def run_suite(
     )
   rank_tasks, rank_lengths, labels = {}, {}, ()
   if "rank_classification" in parts:
-    rank_tasks, rank_lengths, labels = _rank_tasks(rank_task, lengths, num_shots, seed)
+    rank_tasks, rank_lengths, labels = _rank_tasks(rank_task, corpus, lengths, num_shots, seed)
   seconds = {"data": time.perf_counter() - t0}
 
   first = None
@@ -310,6 +317,7 @@ def run_suite(
           learning_rate=probe_learning_rate,
           eval_examples=probe_eval_examples,
           prefix="none" if family_prefix in ("none", "") else "matching",
+          corpus=corpus,
           mesh_shape=mesh_shape,
           logical_axis_rules=logical_axis_rules,
           seed=seed,
