@@ -66,6 +66,25 @@ class CheckpointSaveError(OSError):
   """A checkpoint could not be written (e.g. the disk is full); training must stop."""
 
 
+class _OrbaxSaveFailureLogs(logging.Filter):
+  """Drops Orbax's own tracebacks of a failed background save (logged from its threads).
+
+  `Checkpointer.check_save_errors` reports the same failure once, as a `CheckpointSaveError`
+  naming the step, the directory and the cause; Orbax's copies would bury it.
+  """
+
+  MARKERS = ("in background save thread", "Save Finalize thread", "[wait_until_finished]")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR:
+      return True
+    message = str(record.msg)
+    return not any(marker in message for marker in self.MARKERS)
+
+
+_ORBAX_FILTER = _OrbaxSaveFailureLogs()
+
+
 def check_finite(tree: Any) -> bool:
   """Whether every floating-point leaf of `tree` is finite (no NaN/Inf).
 
@@ -204,6 +223,7 @@ class Checkpointer:
     self._stop = threading.Event()
     self.stop_requested = False
     self._pending_step: int | None = None  # an async save not yet checked for errors
+    logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # Orbax logs through absl's logger
     self._previous_handler = None
     # Several processes under jax.distributed: JAX's preemption service already catches
     # SIGTERM and agrees on a step without a device sync; a Python handler would replace it.
