@@ -1,0 +1,293 @@
+"""Fault benchmark: the main job through a scripted series of faults, against a clean run.
+
+  python bench/faults.py                       # the main job (pydocs UL2, 512/128, batch 8)
+  python bench/faults.py --steps=12 --checkpoint_every=3 --cheap --faults=kill9
+
+It trains one uninterrupted reference run, then the same run again while hurting it, in
+order (each restart is the plain command line, which must resume by itself):
+
+  kill9             SIGKILL at a random step between checkpoints
+  kill_during_save  SIGKILL right after an async checkpoint save started
+  sigterm           SIGTERM at a random step: must checkpoint and exit with 143, promptly
+  corrupt_latest    the newest checkpoint loses its array data on disk before a restart
+  enospc            the disk is full when a checkpoint is committed: must stop at once with
+                    exit 2 and one message, leave no partial checkpoint
+and finally trains to the end. Prints JSON: faults survived, steps recomputed, seconds from
+SIGTERM to exit, and the largest difference between any per-step loss seen (before and after
+each fault) and the reference run's loss at that step (goal 0.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+CHILD = HERE / "_fault_child.py"
+FAULTS = ("kill9", "kill_during_save", "sigterm", "corrupt_latest", "enospc")
+STOPPED_EXIT, USER_ERROR_EXIT = 143, 2  # t5x_ext.cli.STOPPED_EXIT / USER_ERROR_EXIT
+
+
+def _flags(args, model_dir: pathlib.Path, steps: int) -> list[str]:
+  flags = [
+    "--gin_file=local/ul2_tiny.gin",
+    f"--gin.MODEL_DIR='{model_dir}'",
+    f"--gin.TRAIN_STEPS={steps}",
+    f"--gin.CHECKPOINT_EVERY={args.checkpoint_every}",
+    "--gin.KEEP_CHECKPOINTS=3",
+    "--gin.LOG_EVERY=1",
+    "--gin.EVAL_PERIOD=0",
+    "--gin.train_script.train.samples_per_mode=0",
+    "--gin.train_script.train.progress_bar=False",
+  ]
+  if args.cheap:  # seconds per restart instead of tens: a smaller task and batch
+    flags += [
+      "--gin.MIXTURE_OR_TASK_NAME='pydocs_span_corruption_v1'",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+      "--gin.BATCH_SIZE=2",
+    ]
+  return flags
+
+
+class Run:
+  """One trainer process on a MODEL_DIR, its output in files."""
+
+  def __init__(self, args, model_dir: pathlib.Path, steps: int, fault_env: str | None = None):
+    env = {k: v for k, v in os.environ.items() if k != "T5X_EXT_TRACEBACK"}
+    if fault_env:
+      env["T5X_EXT_FAULT"] = fault_env
+    self.model_dir = model_dir
+    self.log = model_dir.parent / f"{model_dir.name}.{time.monotonic_ns()}.log"
+    self._out = open(self.log, "w")  # noqa: SIM115 - closed in wait()
+    self.proc = subprocess.Popen(
+      [sys.executable, str(CHILD), *_flags(args, model_dir, steps)],
+      stdout=self._out,
+      stderr=subprocess.STDOUT,
+      env=env,
+      cwd=HERE.parent,
+    )
+
+  def wait(self, timeout: float) -> int:
+    try:
+      return self.proc.wait(timeout=timeout)
+    finally:
+      if self.proc.poll() is None:
+        self.proc.kill()
+        self.proc.wait()
+      self._out.close()
+
+  def text(self) -> str:
+    return self.log.read_text(errors="replace")
+
+  def wait_for_step(self, step: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+      logged = max(logged_losses(self.model_dir), default=0)
+      if logged >= step:
+        return logged
+      if self.proc.poll() is not None:
+        raise RuntimeError(
+          f"trainer exited ({self.proc.returncode}) before step {step}:\n" + self.text()[-3000:]
+        )
+      if time.monotonic() > deadline:
+        raise TimeoutError(f"no step {step} within {timeout} s")
+      time.sleep(0.05)
+
+
+def logged_losses(model_dir: pathlib.Path) -> dict[int, float]:
+  path = model_dir / "metrics" / "train.jsonl"
+  if not path.exists():
+    return {}
+  out = {}
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue  # a line cut by SIGKILL
+    out[int(row["step"])] = float(row["loss"])
+  return out
+
+
+def checkpoint_steps(model_dir: pathlib.Path) -> list[int]:
+  root = model_dir / "checkpoints"
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+
+
+def resumed_step(text: str) -> int:
+  m = re.search(r"Resumed from step (\d+)", text)
+  return int(m.group(1)) if m else 0
+
+
+def _next_checkpoint(done: int, every: int) -> int:
+  return (done // every + 1) * every
+
+
+def _between_checkpoints(rng, low: int, every: int, steps: int) -> int:
+  candidates = [s for s in range(low + 1, steps) if s % every]
+  return rng.choice(candidates[: 2 * every] or [low + 1])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--steps", type=int, default=40)
+  parser.add_argument("--checkpoint_every", type=int, default=5)
+  parser.add_argument("--faults", default=",".join(FAULTS))
+  parser.add_argument("--cheap", action="store_true", help="a smaller task (smoke tests)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--timeout", type=float, default=900, help="seconds per trainer process")
+  parser.add_argument("--work_dir", default=None, help="default: a temporary directory")
+  args = parser.parse_args()
+  faults = [f for f in args.faults.split(",") if f]
+  unknown = sorted(set(faults) - set(FAULTS))
+  if unknown:
+    parser.error(f"--faults: unknown {unknown}; choose from {list(FAULTS)}")
+  rng = random.Random(args.seed)
+  work = pathlib.Path(args.work_dir or tempfile.mkdtemp(prefix="t5x_ext_faults_"))
+  work.mkdir(parents=True, exist_ok=True)
+  every = args.checkpoint_every
+
+  start = time.monotonic()
+  ref_dir, run_dir = work / "reference", work / "faulted"
+  for d in (ref_dir, run_dir):
+    shutil.rmtree(d, ignore_errors=True)
+  ref = Run(args, ref_dir, args.steps)
+  if ref.wait(args.timeout) != 0:
+    raise SystemExit("reference run failed:\n" + ref.text()[-3000:])
+  reference = logged_losses(ref_dir)
+
+  seen: list[tuple[int, float]] = []  # every (step, loss) any faulted segment logged
+  records = []
+  for fault in faults:
+    done = max(checkpoint_steps(run_dir), default=0)
+    if done >= args.steps - 1:
+      records.append({"fault": fault, "skipped": "the run is already near its end"})
+      continue
+    record: dict = {"fault": fault}
+    if fault == "corrupt_latest":
+      if not checkpoint_steps(run_dir):  # needs a checkpoint to corrupt: make two
+        Run(args, run_dir, min(2 * every, args.steps - 1)).wait(args.timeout)
+        seen.extend(logged_losses(run_dir).items())
+      latest = checkpoint_steps(run_dir)[-1]
+      state = run_dir / "checkpoints" / str(latest) / "state"
+      for child in state.iterdir():  # lose the array data, as a broken disk would
+        if child.is_dir():
+          shutil.rmtree(child)
+      manifest = state / "manifest.ocdbt"
+      if manifest.exists():
+        manifest.unlink()
+      target = _between_checkpoints(rng, latest, every, args.steps)
+      run = Run(args, run_dir, args.steps)
+      run.wait_for_step(target, args.timeout)
+      run.proc.send_signal(signal.SIGKILL)
+      run.wait(60)
+      record.update(
+        at_step=max(logged_losses(run_dir)),
+        corrupted_step=latest,
+        restored_step=resumed_step(run.text()),
+        quarantined=(run_dir / "checkpoints.corrupt" / str(latest)).is_dir(),
+      )
+    elif fault in ("kill9", "sigterm"):
+      target = _between_checkpoints(rng, done, every, args.steps)
+      run = Run(args, run_dir, args.steps)
+      run.wait_for_step(target, args.timeout)
+      sent = time.monotonic()
+      run.proc.send_signal(signal.SIGKILL if fault == "kill9" else signal.SIGTERM)
+      code = run.wait(120)
+      record.update(at_step=max(logged_losses(run_dir)), exit_code=code)
+      if fault == "sigterm":
+        record.update(
+          seconds_to_exit=round(time.monotonic() - sent, 2),
+          checkpointed=checkpoint_steps(run_dir)[-1] >= record["at_step"],
+        )
+      record["restored_step"] = resumed_step(run.text())
+    else:  # kill_during_save, enospc: at the next checkpoint
+      target = _next_checkpoint(done, every)
+      kind = "kill_during_save" if fault == "kill_during_save" else "enospc_at_save"
+      run = Run(args, run_dir, args.steps, fault_env=f"{kind}:{target}")
+      code = run.wait(args.timeout)
+      text = run.text()
+      record.update(at_step=target, exit_code=code, restored_step=resumed_step(text))
+      if fault == "enospc":
+        record.update(
+          one_message="could not be written" in text and "Traceback" not in text,
+          partial_left=any(
+            ".orbax-checkpoint-tmp" in p.name for p in (run_dir / "checkpoints").iterdir()
+          ),
+        )
+    seen.extend(logged_losses(run_dir).items())
+    records.append(record)
+
+  final = Run(args, run_dir, args.steps)
+  final_code = final.wait(args.timeout)
+  final_losses = logged_losses(run_dir)
+  seen.extend(final_losses.items())
+  diffs = [abs(loss - reference[step]) for step, loss in seen if step in reference]
+  expected_codes = {
+    "kill9": -9,
+    "kill_during_save": -9,
+    "sigterm": STOPPED_EXIT,
+    "enospc": USER_ERROR_EXIT,
+    "corrupt_latest": -9,
+  }
+  survived = sum(
+    1
+    for r in records
+    if "skipped" not in r
+    and r.get("exit_code", -9) == expected_codes[r["fault"]]
+    and r.get("checkpointed", True)
+    and r.get("one_message", True)
+    and not r.get("partial_left", False)
+    and (r["fault"] != "corrupt_latest" or r["quarantined"])
+  )
+  # Steps recomputed: what each fault threw away, i.e. steps logged before it that the next
+  # process had to train again (it resumed from an earlier checkpoint).
+  recomputed = 0
+  for i, r in enumerate(records):
+    if "at_step" not in r:
+      continue
+    later = [x for x in records[i + 1 :] if "restored_step" in x]
+    resumed = later[0]["restored_step"] if later else resumed_step(final.text())
+    recomputed += max(0, r["at_step"] - resumed)
+  sigterm = [r["seconds_to_exit"] for r in records if "seconds_to_exit" in r]
+  print(
+    json.dumps(
+      {
+        "benchmark": "faults",
+        "steps": args.steps,
+        "checkpoint_every": every,
+        "cheap": args.cheap,
+        "faults": records,
+        "faults_survived": survived,
+        "faults_injected": sum(1 for r in records if "skipped" not in r),
+        "final_exit_code": final_code,
+        "final_steps_logged": len(final_losses),
+        "steps_recomputed": recomputed,
+        "sigterm_seconds_to_exit": max(sigterm) if sigterm else None,
+        "max_loss_diff": max(diffs) if diffs else None,
+        "losses_compared": len(diffs),
+        "wall_s": round(time.monotonic() - start, 1),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+      },
+      indent=1,
+    )
+  )
+  if not args.work_dir:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
