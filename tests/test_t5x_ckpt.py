@@ -230,6 +230,7 @@ def test_convert_cli_runs_as_a_module(tmp_path, params):
   assert bad.returncode != 0 and "No T5X checkpoint" in bad.stderr
 
 
+@pytest.mark.slow  # a subprocess on 8 simulated devices, compiling the model there
 def test_restores_on_eight_simulated_devices_reading_only_slices(tmp_path):
   proc = subprocess.run(
     [

@@ -6,9 +6,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # four child processes, each starting JAX
 def test_t5x_checkpoint_io_prints_its_report(tmp_path):
   proc = subprocess.run(
     [

@@ -2,11 +2,13 @@
 
 import jax
 import numpy as np
+import pytest
 from t5x_ckpt_util import random_params, write_fixture
 
 from tests import _train_runner
 
 
+@pytest.mark.slow  # compiles a train step
 def test_finetuning_starts_from_the_t5x_checkpoint(tmp_path):
   model = _train_runner.tiny_model()
   params = random_params(model.config, seed=4)
