@@ -1,4 +1,8 @@
-"""C4 and fine-tuning tasks under `tfds.testing.mock_data` (no download, no GCS)."""
+"""C4 and fine-tuning tasks under `tfds.testing.mock_data` (no download, no GCS).
+
+They run in a clean checkout: the SentencePiece vocabulary (T5's layout: pad 0, EOS 1, unk 2,
+100 extra ids added by SeqIO) is trained here, small, from CPython's `pydoc_data` text.
+"""
 
 import numpy as np
 import pytest
@@ -10,6 +14,31 @@ from t5x_ext import objectives
 from tasks import c4, finetune, pretraining
 
 OBJECTIVE_NAMES = ("ul2_mod", "ul2r_mod", "span_corruption", "prefix_lm", "causal_lm")
+PIECES = 1000
+
+
+@pytest.fixture(scope="module")
+def vocab_path(tmp_path_factory):
+  """A small SentencePiece model trained by the test (stands in for T5's public one)."""
+  from pydoc_data.topics import topics
+
+  import sentencepiece as spm
+
+  lines = [ln.strip() for text in topics.values() for ln in text.splitlines() if ln.strip()]
+  prefix = tmp_path_factory.mktemp("spm") / "test_spm"
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(lines[:20000]),
+    model_prefix=str(prefix),
+    vocab_size=PIECES,
+    model_type="unigram",
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    num_threads=1,
+    minloglevel=2,
+  )
+  return f"{prefix}.model"
 
 
 @pytest.fixture(autouse=True)
@@ -28,18 +57,18 @@ def test_default_c4_registration_is_lazy_and_versioned():
   assert voc._model is None  # nothing was loaded at registration
 
 
-def test_c4_vocabulary_and_version_are_settings(spm32k_path):
-  c4.register(vocabulary_path=spm32k_path, version="3.1.0", name_prefix="c4_custom")
+def test_c4_vocabulary_and_version_are_settings(vocab_path):
+  c4.register(vocabulary_path=vocab_path, version="3.1.0", name_prefix="c4_custom")
   voc = (
     seqio.get_mixture_or_task("c4_custom_span_corruption_v1").output_features["inputs"].vocabulary
   )
-  assert voc.sentencepiece_model_file == spm32k_path
-  assert voc.extra_ids == 100 and voc.vocab_size > 32000
+  assert voc.sentencepiece_model_file == vocab_path
+  assert voc.extra_ids == 100 and voc.vocab_size == PIECES + 100
 
 
 @pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
-def test_c4_tasks_under_mock_data(spm32k_path, objective):
-  names = c4.register(vocabulary_path=spm32k_path)
+def test_c4_tasks_under_mock_data(vocab_path, objective):
+  names = c4.register(vocabulary_path=vocab_path)
   name = f"c4_{objective}_v1"
   assert name in names
   task = seqio.get_mixture_or_task(name)
@@ -57,14 +86,14 @@ def test_c4_tasks_under_mock_data(spm32k_path, objective):
     assert ex["targets"][-1] == voc.eos_id
 
 
-def test_sst2_under_mock_data(spm32k_path):
-  name = finetune.register_sst2(vocabulary_path=spm32k_path)
+def test_sst2_under_mock_data(vocab_path):
+  name = finetune.register_sst2(vocabulary_path=vocab_path)
   assert name == "glue_sst2_nlu_v1"
   task = seqio.get_mixture_or_task(name)
   voc = task.output_features["inputs"].vocabulary
   with tfds.testing.mock_data(num_examples=10):
     exs = list(
-      task.get_dataset({"inputs": 64, "targets": 4}, split="validation").as_numpy_iterator()
+      task.get_dataset({"inputs": 64, "targets": 8}, split="validation").as_numpy_iterator()
     )
   assert len(exs) == 10
   nlu = voc.encode("[NLU]")
@@ -75,10 +104,10 @@ def test_sst2_under_mock_data(spm32k_path):
   assert task.metric_fns == [tasks.metrics.accuracy]
 
 
-def test_cnn_dailymail_under_mock_data_with_other_mode(spm32k_path):
-  name = finetune.register_cnn_dailymail(vocabulary_path=spm32k_path)
+def test_cnn_dailymail_under_mock_data_with_other_mode(vocab_path):
+  name = finetune.register_cnn_dailymail(vocabulary_path=vocab_path)
   assert name == "cnn_dailymail_s2s_v1"
-  other = finetune.register_cnn_dailymail(vocabulary_path=spm32k_path, mode=objectives.MODE_NLG)
+  other = finetune.register_cnn_dailymail(vocabulary_path=vocab_path, mode=objectives.MODE_NLG)
   assert other == "cnn_dailymail_nlg_v1"
   for n, mode in ((name, "[S2S]"), (other, "[NLG]")):
     task = seqio.get_mixture_or_task(n)
@@ -93,10 +122,10 @@ def test_cnn_dailymail_under_mock_data_with_other_mode(spm32k_path):
   assert task.metric_fns == [tasks.metrics.rouge]
 
 
-def test_c4_pipeline_batches_under_mock_data(spm32k_path):
+def test_c4_pipeline_batches_under_mock_data(vocab_path):
   from t5x_ext.data import get_batches
 
-  c4.register(vocabulary_path=spm32k_path)
+  c4.register(vocabulary_path=vocab_path)
   with tfds.testing.mock_data(num_examples=50):
     it = get_batches("c4_ul2_mod_v1", {"inputs": 512, "targets": 512}, batch_size=2, seed=0)
     b = next(it)
