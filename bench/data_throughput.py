@@ -222,8 +222,7 @@ def main() -> None:
   pipelines = {"mixture_of_denoisers": ours}
   if have_t5:
     pipelines["appendix_t5"] = appendix
-  # See the module doc for the variants; the appendix has no batched EOS, so its
-  # "with_eos" run is the baseline of both of ours.
+  # See the module doc for the variants and `BASELINE_OF` for what is compared with what.
   variants = {
     "mixture_of_denoisers": {
       "with_eos": {"eos": True},
@@ -232,7 +231,6 @@ def main() -> None:
     },
     "appendix_t5": {"with_eos": {"eos": True}, "preprocessor_only": {"eos": False}},
   }
-  baseline_variant = {"with_eos": "with_eos", "with_seqio_eos": "with_eos"}
   results = {(name, v): [] for name in pipelines for v in variants[name]}
   for r in range(flags.rounds):
     for (name, variant), runs in results.items():
@@ -259,15 +257,34 @@ def main() -> None:
       v: max(results[name, v], key=lambda x: x["examples_per_s"]) for v in variants[name]
     }
   if have_t5:
-    ours_r, base = report["mixture_of_denoisers"], report["appendix_t5"]
-    report["speedup"] = {}
-    for v in variants["mixture_of_denoisers"]:
-      b = base[baseline_variant.get(v, v)]
-      report["speedup"][v] = {
-        key: ours_r[v][key] / b[key]
-        for key in ("examples_per_s", "tokens_per_s", "examples_per_cpu_s")
-      }
+    report["speedup"] = speedups(report["mixture_of_denoisers"], report["appendix_t5"])
   print(json.dumps(report, indent=2))
+
+
+# Which appendix run each of ours is compared with: the appendix has no batched EOS, so its
+# "with_eos" run (append_eos_after_trim) is the baseline of both of ours that end in EOS.
+BASELINE_OF = {
+  "with_eos": "with_eos",
+  "with_seqio_eos": "with_eos",
+  "preprocessor_only": "preprocessor_only",
+}
+RATE_KEYS = ("examples_per_s", "tokens_per_s", "examples_per_cpu_s")
+
+
+def speedups(ours_runs: dict, appendix_runs: dict) -> dict:
+  """Ratios of our rates to the matching appendix run's (see `BASELINE_OF`).
+
+  Args:
+    ours_runs: variant -> measured rates of the Mixture-of-Denoisers pipeline.
+    appendix_runs: variant -> measured rates of the appendix pipeline.
+
+  Returns:
+    variant -> {rate key: ours / appendix}.
+  """
+  return {
+    v: {k: run[k] / appendix_runs[BASELINE_OF[v]][k] for k in RATE_KEYS}
+    for v, run in ours_runs.items()
+  }
 
 
 if __name__ == "__main__":
