@@ -282,12 +282,18 @@ def _configured_function(gin, fn):
   Registration outlives `gin.clear_config` (a notebook or test that once parsed the suite's
   run file), so what counts is a binding of `fn`'s `model` parameter, which both run files set.
   """
-  selector = f"{fn.__module__}.{fn.__name__}"
-  try:
-    gin.query_parameter(f"{selector}.model")
-  except ValueError:
-    return None
-  return gin.get_configurable(fn)
+  # Dynamic registration files a function under its import alias (`from t5x_ext import eval
+  # as eval_script` -> `t5x_ext.eval_script.evaluate`), so match the function, not a name.
+  for (_, selector), params in gin.config._CONFIG.items():
+    if "model" not in params:
+      continue
+    try:
+      configurable = gin.config._REGISTRY.get_match(selector)
+    except (KeyError, ValueError):
+      continue
+    if configurable is not None and configurable.wrapped is fn:
+      return gin.get_configurable(fn)
+  return None
 
 
 def main(argv=None) -> dict[str, float]:
