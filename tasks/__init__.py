@@ -8,10 +8,14 @@ importing twice (or reloading) is harmless. Where something cleared SeqIO's regi
 import (test fixtures, notebooks), `tasks.register_all()` registers everything again.
 
 Registered here:
-  pydocs_{ul2_mod,ul2r_mod,span_corruption,prefix_lm,causal_lm}_v1   embedded corpus
-  c4_{ul2_mod,ul2r_mod,span_corruption,prefix_lm,causal_lm}_v1       TFDS c4/en (`tasks.c4`)
+  pydocs_{OBJECTIVE}_v1   embedded corpus
+  c4_{OBJECTIVE}_v1       TFDS c4/en (`tasks.c4`)
+    where OBJECTIVE is a key of `OBJECTIVES`: ul2_mod, ul2r_mod, span_corruption, prefix_lm,
+    causal_lm, ul2_mod_noprefix (UL2's denoisers without mode prefixes) and sclm (span
+    corruption plus causal LM), the single objectives and ablation arms of docs/ablation.md
   glue_sst2_nlu_v1, cnn_dailymail_s2s_v1, pydocs_topic_classification_v1   fine-tuning with
     mode prefixes (`tasks.finetune`; `register_sst2(mode=...)` etc. for other modes)
+The evaluation suite's tasks (`tasks.evaluation`) register when the suite builds them.
 Factories: `register_text_files` (your own files), `tasks.c4.register` (other version/vocab).
 """
 
