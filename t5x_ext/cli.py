@@ -300,9 +300,48 @@ def maybe_initialize_distributed(args: argparse.Namespace) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+def setup(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  """Parses the flags, starts `jax.distributed` if asked, and parses the gin files.
+
+  Args:
+    argv: arguments (default `sys.argv[1:]`).
+
+  Returns:
+    The parsed flags.
+
+  Raises:
+    SystemExit: without a `--gin_file`, or on an unknown flag.
+  """
+  args = parse_flags(sys.argv[1:] if argv is None else argv)
+  if not args.gin_files:
+    raise SystemExit("At least one --gin_file is needed (e.g. --gin_file=gin/local/ul2_tiny.gin).")
+  maybe_initialize_distributed(args)
+  parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths)
+  return args
+
+
+def check_settings(required_macros: Sequence[str] = (), hint: str = "") -> None:
+  """Checks the required macros, then imports MIXTURE_OR_TASK_MODULE (after `setup`).
+
+  Args:
+    required_macros: macros that must be set (checked before anything is built).
+    hint: the run file that declares them, for error messages.
+
+  Raises:
+    ValueError: naming an unset macro, or a module that cannot be imported.
+  """
+  check_required_macros(required_macros, run_file_hint=hint)
+  # Any other `%gin.REQUIRED` macro that a setting reads (a run file's own, such as
+  # runs/text_files.gin's TEXT_FILES) fails here too, named, rather than deep in gin.
+  check_required_macros(_unset_required_macros())
+  import_task_modules()
+
+
 def run(configured_main, argv: Sequence[str] | None = None, *, required_macros=(), hint="") -> Any:
   """Parses flags and gin, checks required macros, imports MIXTURE_OR_TASK_MODULE, then
   calls `configured_main()`.
+
+  The entry points use `t5x_ext.entry.run`, which also picks the configured function.
 
   Args:
     configured_main: a zero-argument callable that reads everything from gin.
@@ -313,16 +352,8 @@ def run(configured_main, argv: Sequence[str] | None = None, *, required_macros=(
   Returns:
     Whatever `configured_main` returns.
   """
-  args = parse_flags(sys.argv[1:] if argv is None else argv)
-  if not args.gin_files:
-    raise SystemExit("At least one --gin_file is needed (e.g. --gin_file=gin/local/ul2_tiny.gin).")
-  maybe_initialize_distributed(args)
-  parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths)
-  check_required_macros(required_macros, run_file_hint=hint)
-  # Any other `%gin.REQUIRED` macro that a setting reads (a run file's own, such as
-  # runs/text_files.gin's TEXT_FILES) fails here too, named, rather than deep in gin.
-  check_required_macros(_unset_required_macros())
-  import_task_modules()
+  setup(argv)
+  check_settings(required_macros, hint)
   return configured_main()
 
 

@@ -21,6 +21,7 @@ two the gin files configure.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import pathlib
@@ -31,7 +32,7 @@ import jax
 import numpy as np
 import optax
 
-from t5x_ext import checkpointing, partitioning
+from t5x_ext import checkpointing, entry, partitioning
 from t5x_ext import metrics as metrics_lib
 from t5x_ext.trainer import Trainer
 
@@ -105,11 +106,40 @@ def _teacher_forced(trainer, params, data, *, max_batches, denoiser_groups) -> d
 
 
 def _seqio_metrics(
-  trainer, params, provider, lengths, *, split, batch_size, decode_len, max_examples, seed
+  trainer,
+  params,
+  provider,
+  lengths,
+  *,
+  split,
+  batch_size,
+  decode_len,
+  max_examples,
+  seed,
+  shard: tuple[int, int] | None = None,
 ) -> dict[str, float]:
-  from t5x_ext import run_data
+  """The tasks' SeqIO metrics; each process decodes its shard, the metrics see all shards.
+
+  Args:
+    trainer: the `Trainer`.
+    params: the sharded params.
+    provider: the task or mixture (each task with metric functions is evaluated).
+    lengths: TASK_FEATURE_LENGTHS.
+    split: the split.
+    batch_size: global rows per decoding step.
+    decode_len: decoding length.
+    max_examples: examples decoded per task over all processes (None: the whole split).
+    seed: seed of the task's random preprocessors.
+    shard: `(shard_id, num_shards)` of this process; default from the trainer's mesh.
+
+  Returns:
+    `{"<task>/<metric>": value}`, the same on every process.
+  """
+  from t5x_ext import memory_plan, run_data
   from t5x_ext.data import pipeline
 
+  shard_id, num_shards = shard or partitioning.process_batch_shard(trainer.mesh)
+  rows = batch_size // num_shards
   out: dict[str, float] = {}
   for task in getattr(provider, "tasks", None) or [provider]:
     predict_fns = list(getattr(task, "predict_metric_fns", []) or [])
@@ -117,24 +147,33 @@ def _seqio_metrics(
     if not (predict_fns or score_fns) or split not in task.splits:
       continue
     vocab = run_data.vocabulary_of(task)
-    targets, predictions, scores = [], [], []
-    for examples, batch in pipeline.get_infer_batches(
+    # A shard that runs out first decodes zero rows while the others finish (one global
+    # decode per step); its padding is dropped below.
+    zeros = {
+      k: np.zeros(v.shape, v.dtype)
+      for k, v in memory_plan.abstract_batch(trainer.model, lengths, rows, pack=False).items()
+    }
+    pairs = pipeline.get_infer_batches(
       task.name,
       lengths,
       split=split,
-      batch_size=batch_size,
+      batch_size=rows,
       feature_converter_name=trainer.model.feature_converter_name,
       seed=seed,
-      max_examples=max_examples,
-    ):
-      model_batch = {k: v for k, v in batch.items() if k != "decoder_denoiser_ids"}
-      n = len(examples)
-      with partitioning.axis_rules(trainer.mesh, trainer.rules):
-        if predict_fns:
-          pred = trainer.model.predict_batch(params, model_batch, decode_len=decode_len)
-          pred = np.asarray(jax.device_get(pred))[:n]
-        if score_fns:
-          sc = np.asarray(jax.device_get(trainer.model.score_batch(params, model_batch)))[:n]
+      shard_id=shard_id,
+      num_shards=num_shards,
+      max_examples=entry.shard_share(max_examples, shard_id, num_shards),
+    )
+    targets, predictions, scores = [], [], []
+    for examples, batch in entry.lockstep(pairs, lambda z=zeros: ([], z)):
+      pred, sc = entry.predict(
+        trainer,
+        params,
+        batch,
+        decode=bool(predict_fns),
+        with_scores=bool(score_fns),
+        decode_len=decode_len,
+      )
       for i, ex in enumerate(examples):
         target_text = ex.get("targets_pretokenized", "")
         targets.append(task.postprocess_fn(target_text, example=ex, is_target=True))
@@ -143,6 +182,11 @@ def _seqio_metrics(
           predictions.append(task.postprocess_fn(text, example=ex, is_target=False))
         if score_fns:
           scores.append(float(sc[i]))
+    # Every process gets every shard's results once, and computes the same metrics.
+    targets, predictions, scores = (
+      [x for part in parts for x in part]
+      for parts in zip(*entry.gather_shards((targets, predictions, scores), shard_id))
+    )
     for fn in predict_fns:
       for k, v in fn(targets, predictions).items():
         out[f"{task.name}/{k}"] = float(getattr(v, "value", v))
@@ -200,34 +244,25 @@ def evaluate(
   from t5x_ext import run_data
   from t5x_ext.data import pipeline
 
-  if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"BATCH_SIZE = {batch_size!r}: must be a positive int.")
-  provider = run_data.get_provider(mixture_or_task_name)
-  run_data.check_task(
-    provider,
+  run = entry.prepare(
+    model,
+    mixture_or_task_name,
     task_feature_lengths,
-    model_vocab_size=getattr(getattr(model, "config", None), "vocab_size", None),
+    batch_size=batch_size,
+    mesh_shape=mesh_shape,
+    split=split,
   )
-  lengths = {k: int(v) for k, v in task_feature_lengths.items()}
-  if split not in provider.splits:
-    raise ValueError(
-      f"split = {split!r} is not a split of {mixture_or_task_name!r} ({list(provider.splits)})."
-    )
-  denoisers = run_data.denoisers_of(provider) or ()
-  mesh = partitioning.make_mesh(mesh_shape)
-  partitioning.validate_batch_size(batch_size, mesh)
-  shard_id, num_shards = partitioning.process_batch_shard(mesh)
   data = pipeline.get_batches(
     mixture_or_task_name,
-    lengths,
+    run.lengths,
     split=split,
-    batch_size=batch_size // num_shards,
+    batch_size=run.local_rows,
     feature_converter_name=model.feature_converter_name,
     pack=pack,
     shuffle=False,
     seed=seed,
-    shard_id=shard_id,
-    num_shards=num_shards,
+    shard_id=run.shard_id,
+    num_shards=run.num_shards,
     repeat=False,
   )
   first = next(data)
@@ -238,30 +273,35 @@ def evaluate(
     source,
     mesh_shape=mesh_shape,
     logical_axis_rules=logical_axis_rules,
-    denoiser_names=[d.name for d in denoisers],
+    denoiser_names=run.denoiser_names,
   )
-  import itertools
-
+  local = itertools.chain([first], data)
+  if max_batches is not None:
+    local = itertools.islice(local, max_batches)
+  # Shards of unequal length: the shorter ones run zero batches (no loss weight) meanwhile.
+  zeros = {k: np.zeros_like(v) for k, v in first.items()}
+  batches = entry.lockstep(local, lambda: zeros)
   results: dict[str, Any] = {"step": checkpoint_step(source) or 0}
   tf_metrics = _teacher_forced(
     trainer,
     params,
-    itertools.chain([first], data),
-    max_batches=max_batches,
-    denoiser_groups=run_data.denoiser_groups(denoisers),
+    batches,
+    max_batches=None,
+    denoiser_groups=run_data.denoiser_groups(run.denoisers),
   )
   results.update({f"eval/{k}": v for k, v in tf_metrics.items()})
   if seqio_metrics:
     seq = _seqio_metrics(
       trainer,
       params,
-      provider,
-      lengths,
+      run.provider,
+      run.lengths,
       split=split,
-      batch_size=batch_size,
-      decode_len=decode_len or lengths.get("targets", 64),
+      batch_size=run.batch_size,
+      decode_len=decode_len or run.lengths.get("targets", 64),
       max_examples=max_predict_examples,
       seed=seed,
+      shard=(run.shard_id, run.num_shards),
     )
     results.update({f"eval/{k}": v for k, v in seq.items()})
   if jax.process_index() == 0:
@@ -277,23 +317,9 @@ SUITE_REQUIRED_MACROS = ("MODEL_DIR",)
 
 
 def _configured_function(gin, fn):
-  """`fn` as gin configures it, or None when the parsed files bind nothing of it.
-
-  Registration outlives `gin.clear_config` (a notebook or test that once parsed the suite's
-  run file), so what counts is a binding of `fn`'s `model` parameter, which both run files set.
-  """
-  # Dynamic registration files a function under its import alias (`from t5x_ext import eval
-  # as eval_script` -> `t5x_ext.eval_script.evaluate`), so match the function, not a name.
-  for (_, selector), params in gin.config._CONFIG.items():
-    if "model" not in params:
-      continue
-    try:
-      configurable = gin.config._REGISTRY.get_match(selector)
-    except (KeyError, ValueError):
-      continue
-    if configurable is not None and configurable.wrapped is fn:
-      return gin.get_configurable(fn)
-  return None
+  """`fn` as gin configures it, or None (see `t5x_ext.entry.configured_function`)."""
+  del gin
+  return entry.configured_function(fn)
 
 
 def main(argv=None) -> dict[str, float]:
@@ -309,25 +335,17 @@ def main(argv=None) -> dict[str, float]:
   Returns:
     The metrics dict.
   """
-  import gin
-  from t5x_ext import cli
   from t5x_ext.evaluation import suite
 
-  def configured():
-    fn = _configured_function(gin, suite.run_suite)
-    if fn is not None:
-      cli.check_required_macros(SUITE_REQUIRED_MACROS, run_file_hint="gin/runs/eval_suite.gin")
-      return fn()
-    fn = _configured_function(gin, evaluate)
-    if fn is None:
-      raise ValueError(
-        "The gin files configure neither t5x_ext.eval.evaluate nor the evaluation suite; "
-        "include 'runs/eval.gin' or 'runs/eval_suite.gin'."
-      )
-    cli.check_required_macros(REQUIRED_MACROS, run_file_hint="gin/runs/eval.gin")
-    return fn()
-
-  return cli.run(configured, argv)
+  return entry.run(
+    [
+      entry.EntryPoint(
+        suite.run_suite, SUITE_REQUIRED_MACROS, "gin/runs/eval_suite.gin", "'runs/eval_suite.gin'"
+      ),
+      entry.EntryPoint(evaluate, REQUIRED_MACROS, "gin/runs/eval.gin", "'runs/eval.gin'"),
+    ],
+    argv,
+  )
 
 
 if __name__ == "__main__":

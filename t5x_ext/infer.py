@@ -37,7 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_ext import partitioning
+from t5x_ext import entry, partitioning
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 DECODE_METHODS = ("greedy", "sample", "beam")
@@ -93,7 +93,7 @@ def infer(
     beam_size: beams for "beam".
     length_penalty: beam search length penalty exponent.
     with_scores: also write the log-likelihood of the targets (`score`; task examples only).
-    max_examples: stop after this many examples.
+    max_examples: stop after this many examples (over all processes).
     seed: seed of sampling and of the task's random preprocessors.
     prompts: PROMPTS: texts to continue instead of the task's examples.
     prompts_file: PROMPTS_FILE: a text file (one prompt per line) or JSONL (field
@@ -109,31 +109,25 @@ def infer(
 
   if method not in DECODE_METHODS:
     raise ValueError(f"method = {method!r}: must be one of {DECODE_METHODS}.")
-  if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"BATCH_SIZE = {batch_size!r}: must be a positive int.")
   if prompts is not None and prompts_file is not None:
     raise ValueError("Set PROMPTS or PROMPTS_FILE, not both.")
   if isinstance(prompts, str):
     prompts = [prompts]
   use_prompts = prompts is not None or prompts_file is not None
-  provider = run_data.get_provider(mixture_or_task_name)
-  vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
-  if use_prompts:
-    # Prompts need only the vocabulary and the lengths: the task's objectives are not run.
-    run_data.check_task(provider, task_feature_lengths, model_vocab_size=vocab_size, plan=False)
-  else:
-    run_data.check_task(provider, task_feature_lengths, model_vocab_size=vocab_size)
-    if split not in provider.splits:
-      raise ValueError(
-        f"split = {split!r} is not a split of {mixture_or_task_name!r} ({list(provider.splits)})."
-      )
-  lengths = {k: int(v) for k, v in task_feature_lengths.items()}
+  # Prompts need only the vocabulary and the lengths: the task's objectives are not run.
+  run = entry.prepare(
+    model,
+    mixture_or_task_name,
+    task_feature_lengths,
+    batch_size=batch_size,
+    mesh_shape=mesh_shape,
+    split=None if use_prompts else split,
+    plan_objectives=not use_prompts,
+  )
+  lengths = run.lengths
   decode_len = decode_len or lengths.get("targets", 64)
-  vocab = run_data.vocabulary_of(provider)
-  mesh = partitioning.make_mesh(mesh_shape)
-  partitioning.validate_batch_size(batch_size, mesh)
-  shard_id, num_shards = partitioning.process_batch_shard(mesh)
-  local_rows = batch_size // num_shards
+  vocab = run_data.vocabulary_of(run.provider)
+  shard_id, num_shards, local_rows = run.shard_id, run.num_shards, run.local_rows
 
   if output_file is None:
     stem = "prompts" if use_prompts else f"{mixture_or_task_name}-{split}"
@@ -160,9 +154,10 @@ def infer(
     )
     with_scores = False  # prompts have no targets to score
   else:
+    from t5x_ext import memory_plan
     from t5x_ext.data import pipeline
 
-    batches = pipeline.get_infer_batches(
+    pairs = pipeline.get_infer_batches(
       mixture_or_task_name,
       lengths,
       split=split,
@@ -171,8 +166,15 @@ def infer(
       seed=seed,
       shard_id=shard_id,
       num_shards=num_shards,
-      max_examples=max_examples,
+      max_examples=entry.shard_share(max_examples, shard_id, num_shards),
     )
+    # Shards of unequal length: one that runs out decodes zero rows (written nowhere) until
+    # the others are done, since each decode is one computation over all processes.
+    zeros = {
+      k: np.zeros(v.shape, v.dtype)
+      for k, v in memory_plan.abstract_batch(model, lengths, local_rows, pack=False).items()
+    }
+    batches = entry.lockstep(pairs, lambda: ([], zeros))
   if print_predictions is None:
     print_predictions = use_prompts
   trainer = params = None
@@ -227,7 +229,7 @@ def predict(
   with_scores: bool = False,
   **decode_kw,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-  """Decodes one process-local numpy batch on the trainer's mesh.
+  """Decodes one process-local numpy batch on the trainer's mesh (`t5x_ext.entry.predict`).
 
   Args:
     trainer: a `Trainer` (its mesh, rules, model and `shard_batch`).
@@ -240,12 +242,7 @@ def predict(
   Returns:
     `(tokens [rows, decode_len], scores [rows] or None)` for this process's rows.
   """
-  model_batch = {k: v for k, v in batch.items() if k != "decoder_denoiser_ids"}
-  global_batch = trainer.shard_batch(model_batch)
-  with partitioning.axis_rules(trainer.mesh, trainer.rules):
-    pred = trainer.model.predict_batch(params, global_batch, rng, **decode_kw)
-    scores = trainer.model.score_batch(params, global_batch) if with_scores else None
-  return _local_rows(pred), None if scores is None else _local_rows(scores)
+  return entry.predict(trainer, params, batch, rng, with_scores=with_scores, **decode_kw)
 
 
 def _record(index: int, ex: Mapping[str, Any], pred_row, vocab, score) -> dict[str, Any]:
@@ -311,20 +308,6 @@ def _prompt_batches(
     yield examples, batch
 
 
-def _local_rows(x) -> np.ndarray:
-  """This process's rows of a global batch-sharded array, in order."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    seen, rows = set(), []
-    for s in shards:
-      start = s.index[0].start or 0
-      if start not in seen:
-        seen.add(start)
-        rows.append(np.asarray(s.data))
-    return np.concatenate(rows)
-  return np.asarray(jax.device_get(x))
-
-
 def main(argv=None) -> str:
   """Runs `infer` configured by gin flags (see `t5x_ext.cli`).
 
@@ -334,19 +317,9 @@ def main(argv=None) -> str:
   Returns:
     The output path.
   """
-  import gin
-  from t5x_ext import cli
-
-  def configured():
-    try:
-      fn = gin.get_configurable(infer)
-    except (KeyError, ValueError):
-      raise ValueError(
-        "The gin files do not configure t5x_ext.infer.infer; include 'runs/infer.gin'."
-      ) from None
-    return fn()
-
-  return cli.run(configured, argv, required_macros=REQUIRED_MACROS, hint="gin/runs/infer.gin")
+  return entry.run(
+    [entry.EntryPoint(infer, REQUIRED_MACROS, "gin/runs/infer.gin", "'runs/infer.gin'")], argv
+  )
 
 
 if __name__ == "__main__":

@@ -32,11 +32,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 
 from t5x_ext import (
   checkpointing,
+  entry,
   loop,
   optimizers,
   partitioning,
@@ -74,12 +74,6 @@ class TrainResult:
   samples: list[dict[str, str]]
   eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
   stopped_by_signal: bool = False
-
-
-def _positive_int(name: str, value: Any) -> int:
-  if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} = {value!r}: must be a positive int.")
-  return int(value)
 
 
 def _build_optimizer(optimizer, learning_rate) -> optax.GradientTransformation:
@@ -221,6 +215,39 @@ def _build_evaluator(
   )
 
 
+def _device_memory_bytes(device_memory: Any) -> int:
+  from t5x_ext import memory_plan
+
+  try:
+    return memory_plan.parse_memory(device_memory)
+  except ValueError:
+    raise ValueError(
+      f"device_memory = {device_memory!r}: expected bytes or a size such as '16GiB', '80GB' "
+      "or '512MiB'."
+    ) from None
+
+
+def _plan_memory(trainer, first, batch_size, memory_bytes, device_memory, say):
+  from t5x_ext import memory_plan
+
+  if memory_bytes is not None:
+    label = f"device_memory = {device_memory!r}"
+  else:
+    # This process's own device: on several hosts every process decides alike.
+    device = jax.local_devices()[0]
+    memory_bytes = memory_plan.device_memory_limit(device)
+    label = f"bytes_limit of {device.device_kind}; set device_memory to override"
+  try:
+    return memory_plan.check_fits(
+      trainer, first, memory_bytes, batch_size=batch_size, memory_label=label, say=say
+    )
+  except RuntimeError as e:  # a backend without memory analysis: train without a plan
+    if device_memory is not None:
+      raise
+    logging.warning("No memory plan: %s", e)
+    return None
+
+
 def _print_samples(trainer, params, mixture_or_task_name, lengths, *, per_mode, decode_len, say):
   from t5x_ext import run_data
 
@@ -236,13 +263,7 @@ def _print_samples(trainer, params, mixture_or_task_name, lengths, *, per_mode, 
   if not examples:
     say("No validation examples with [NLU]/[NLG]/[S2S] prefixes to show.")
     return []
-  with partitioning.axis_rules(trainer.mesh, trainer.rules):
-    predictions = trainer.model.predict_batch(
-      params,
-      {k: v for k, v in batch.items() if k != "decoder_denoiser_ids"},
-      decode_len=decode_len,
-    )
-  predictions = np.asarray(jax.device_get(predictions))
+  predictions, _ = entry.predict(trainer, params, batch, decode_len=decode_len)
   samples = []
   say("\nDenoised samples (greedy decoding):")
   for ex, row, pred in zip(examples, batch["decoder_target_tokens"], predictions):
@@ -293,6 +314,8 @@ def train(
   eval_period: int | None = None,
   eval_batches: int | None = 20,
   evaluator_num_examples: int | None = 128,
+  plan_memory: bool = True,
+  device_memory: int | str | None = None,
 ) -> TrainResult:
   """Trains `model` on a SeqIO task or mixture, with checkpoints, metrics and resume.
 
@@ -333,37 +356,44 @@ def train(
     eval_batches: validation batches per evaluation (EVAL_BATCHES); None: the whole split.
     evaluator_num_examples: validation examples decoded for the task's SeqIO metrics, when
       the task has any (EVALUATOR_NUM_EXAMPLES); 0: none, None: all.
+    plan_memory: before the first step, compile the train step and print its per-device
+      memory plan (`t5x_ext.memory_plan`); fail when it exceeds `device_memory`. The run then
+      executes that compiled step, so the plan costs no extra compile.
+    device_memory: usable memory of one device, in bytes or as text ('16GiB', '80GB');
+      default: what the runtime reports (`bytes_limit` on GPU/TPU; nothing on CPU, where the
+      plan is only printed).
 
   Returns:
     A `TrainResult`.
 
   Raises:
     ValueError: on a bad setting, naming it and its value (before compiling anything).
+    memory_plan.PlanTooLargeError: (a ValueError) the train step needs more memory per device
+      than `device_memory`, before any step runs or checkpoint is written.
     checkpointing.NonFiniteStateError / trainer.NonFiniteLossError: when training diverges.
   """
   from t5x_ext import run_data  # data side, imported only here
 
   # ---- checks, cheapest first; nothing is compiled before they all pass.
-  train_steps = _positive_int("TRAIN_STEPS", train_steps)
-  batch_size = _positive_int("BATCH_SIZE", batch_size)
-  log_every = _positive_int("log_every", log_every)
-  checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
+  train_steps = entry.positive_int("TRAIN_STEPS", train_steps)
+  log_every = entry.positive_int("log_every", log_every)
+  checkpoint_every = entry.positive_int("checkpoint_every", checkpoint_every)
   if not model_dir or not isinstance(model_dir, str | os.PathLike):
     raise ValueError(f"MODEL_DIR = {model_dir!r}: must be a directory path.")
   model_dir = str(model_dir)
-  mesh = partitioning.make_mesh(mesh_shape)
-  partitioning.validate_batch_size(batch_size, mesh)
-  dp = partitioning.data_parallel_size(mesh)
-  if num_microbatches > 1 and (batch_size // num_microbatches) % dp:
-    raise ValueError(
-      f"num_microbatches = {num_microbatches}: microbatches of {batch_size // num_microbatches} "
-      f"rows do not divide over the data-parallel size {dp}."
-    )
-  provider = run_data.get_provider(mixture_or_task_name)
-  vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
-  run_data.check_task(provider, task_feature_lengths, model_vocab_size=vocab_size)
-  lengths = {k: int(v) for k, v in task_feature_lengths.items()}
-  denoisers = run_data.denoisers_of(provider) or ()
+  memory_bytes = None
+  if plan_memory and device_memory is not None:
+    memory_bytes = _device_memory_bytes(device_memory)
+  run = entry.prepare(
+    model,
+    mixture_or_task_name,
+    task_feature_lengths,
+    batch_size=batch_size,
+    mesh_shape=mesh_shape,
+    num_microbatches=num_microbatches,
+  )
+  provider, lengths, denoisers, mesh = run.provider, run.lengths, run.denoisers, run.mesh
+  batch_size = run.batch_size
   tx = _build_optimizer(optimizer, learning_rate)
   eval_period, eval_batches, evaluator_num_examples = periodic_eval.check_settings(
     eval_period, eval_batches, evaluator_num_examples
@@ -383,7 +413,7 @@ def train(
   # ---- data: this process's shard of every global batch.
   from t5x_ext.data import pipeline
 
-  shard_id, num_shards = partitioning.process_batch_shard(mesh)
+  shard_id, num_shards = run.shard_id, run.num_shards
   data = pipeline.get_batches(
     mixture_or_task_name,
     lengths,
@@ -411,9 +441,14 @@ def train(
   abstract = trainer.abstract_state(first)
   if check_sharding:
     partitioning.check_params_sharded(abstract.params, mesh)
+  is_chief = jax.process_index() == 0
+  say = print if is_chief else (lambda *a, **k: None)
+  if plan_memory:
+    # Compiles the train step (the run then executes this executable: no second compile)
+    # and fails here, before any checkpoint or step, when it cannot fit.
+    _plan_memory(trainer, first, batch_size, memory_bytes, device_memory, say)
 
   # ---- state: resume, else fine-tune from params, else fresh.
-  is_chief = jax.process_index() == 0
   ckpt = checkpointing.Checkpointer(
     model_dir,
     save_interval_steps=checkpoint_every,
@@ -421,7 +456,6 @@ def train(
     async_save=async_checkpointing,
   )
   restored = ckpt.restore_latest(_state_to_tree(abstract))
-  say = print if is_chief else (lambda *a, **k: None)
   if restored is not None:
     tree, position, start = restored
     state = _tree_to_state(tree)
@@ -575,14 +609,7 @@ def main(argv=None) -> TrainResult:
   import gin
   from t5x_ext import cli
 
-  def configured():
-    try:
-      fn = gin.get_configurable(train)
-    except (KeyError, ValueError):
-      raise ValueError(
-        "The gin files do not configure t5x_ext.train.train; include 'runs/pretrain.gin' "
-        "(or 'runs/finetune.gin')."
-      ) from None
+  def around(fn):
     model_dir = cli.macro_value("MODEL_DIR")
     if not (isinstance(model_dir, str) and jax.process_index() == 0):
       return fn()
@@ -595,7 +622,18 @@ def main(argv=None) -> TrainResult:
       (epath.Path(model_dir) / "config.gin").write_text(gin.config_str())
       return fn()
 
-  return cli.run(configured, argv, required_macros=REQUIRED_MACROS, hint="gin/runs/pretrain.gin")
+  return entry.run(
+    [
+      entry.EntryPoint(
+        train,
+        REQUIRED_MACROS,
+        "gin/runs/pretrain.gin",
+        "'runs/pretrain.gin' (or 'runs/finetune.gin')",
+      )
+    ],
+    argv,
+    around=around,
+  )
 
 
 if __name__ == "__main__":
