@@ -252,11 +252,13 @@ class MultiHeadAttention(nn.Module):
   """Multi-head dot-product attention with an optional key/value cache.
 
   In `PREFILL` mode the projected keys and values are written into the 'cache' collection
+  as [B, H, E, K] keys and [B, H, K, E] values, the layout the step's batched dots read
   (self-attention: at slots [0, Q) of a `cache_length` buffer; cross-attention: the
-  encoder's keys and values, computed once and stored as [B, H, E, K] keys and
-  [B, H, K, E] values, the layout the step's dots read). In `STEP` mode a self-attention writes the
+  encoder's keys and values, computed once). In `STEP` mode a self-attention writes the
   new token's key/value at `index` and attends over the whole buffer; a cross-attention
   reuses the cached encoder keys/values, so a decoding step never re-projects the encoder.
+  A cross-attention cache may hold fewer rows than the step's queries (beam search: one
+  row per example for its K beams, which share the encoder output; see `_attend_cached`).
 
   Attributes:
     num_heads: H.
@@ -337,22 +339,30 @@ class MultiHeadAttention(nn.Module):
     else:
       k_BKHE, v_BKHE = key_proj(x_BQD), value_proj(x_BQD)
       if self.mode == PREFILL:
-        b, q = x_BQD.shape[:2]
+        q = x_BQD.shape[1]
         if self.cache_length < q:
           raise ValueError(f"cache_length={self.cache_length} is shorter than the prompt ({q})")
-        pad = ((0, 0), (0, self.cache_length - q), (0, 0), (0, 0))
-        self.put_variable("cache", "cached_key", jnp.pad(k_BKHE, pad))
-        self.put_variable("cache", "cached_value", jnp.pad(v_BKHE, pad))
+        # As the cross-attention cache, [B, H, E, C] keys and [B, H, C, E] values: a cache in
+        # [B, C, H, E] is re-transposed whole, in every layer, at every decoding step.
+        free = self.cache_length - q
+        k_BHEC = jnp.pad(jnp.transpose(k_BKHE, (0, 2, 3, 1)), ((0, 0), (0, 0), (0, 0), (0, free)))
+        v_BHCE = jnp.pad(jnp.transpose(v_BKHE, (0, 2, 1, 3)), ((0, 0), (0, 0), (0, free), (0, 0)))
+        self.put_variable("cache", "cached_key", k_BHEC)
+        self.put_variable("cache", "cached_value", v_BHCE)
       elif self.mode == STEP:
-        cached_k = self.get_variable("cache", "cached_key")
-        cached_v = self.get_variable("cache", "cached_value")
-        if cached_k is None:
+        k_BHEC = self.get_variable("cache", "cached_key")
+        v_BHCE = self.get_variable("cache", "cached_value")
+        if k_BHEC is None:
           raise ValueError("self-attention STEP needs a cache filled by a PREFILL call")
-        start = (0, index, 0, 0)
-        k_BKHE = jax.lax.dynamic_update_slice(cached_k, k_BKHE.astype(cached_k.dtype), start)
-        v_BKHE = jax.lax.dynamic_update_slice(cached_v, v_BKHE.astype(cached_v.dtype), start)
-        self.put_variable("cache", "cached_key", k_BKHE)
-        self.put_variable("cache", "cached_value", v_BKHE)
+        # One new slot (Q = 1): [B, 1, H, E] -> [B, H, E, 1] and [B, H, 1, E] are reshapes.
+        k_BHEQ = jnp.transpose(k_BKHE, (0, 2, 3, 1)).astype(k_BHEC.dtype)
+        v_BHQE = jnp.transpose(v_BKHE, (0, 2, 1, 3)).astype(v_BHCE.dtype)
+        k_BHEC = jax.lax.dynamic_update_slice(k_BHEC, k_BHEQ, (0, 0, 0, index))
+        v_BHCE = jax.lax.dynamic_update_slice(v_BHCE, v_BHQE, (0, 0, index, 0))
+        self.put_variable("cache", "cached_key", k_BHEC)
+        self.put_variable("cache", "cached_value", v_BHCE)
+        out_BQHE = _attend_cached(q_BQHE, k_BHEC, v_BHCE, bias, mask, self.dtype)
+        return self._out_proj(out_BQHE)
     if bias is not None:
       bias = bias.astype(self.dtype)
     if mask is not None:
@@ -381,35 +391,61 @@ class MultiHeadAttention(nn.Module):
 
 
 def _attend_cached(
-  q_BQHE: Array, k_BHEK: Array, v_BHKE: Array, bias: Array | None, mask: Array | None, dtype: Any
+  q_NQHE: Array, k_BHEK: Array, v_BHKE: Array, bias: Array | None, mask: Array | None, dtype: Any
 ) -> Array:
-  """Unscaled dot-product attention over a cross-attention cache in [B, H, E, K] / [B, H, K, E].
+  """Unscaled dot-product attention over a cache laid out as [B, H, E, K] / [B, H, K, E].
 
   The same maths as `jax.nn.dot_product_attention(..., scale=1.0)` (float32 logits and
   softmax, masked logits set to a large negative number), on the cached layout.
 
+  The queries may have G times as many rows as the cache (N = B * G, the G rows of a cache
+  row adjacent, as beam search lays out the beams of an example): they are then attended
+  as G * Q queries of that one row, so the K beams of an example read one shared copy of
+  its encoder keys and values, with one matmul instead of G matrix-vector products.
+
   Args:
-    q_BQHE: queries.
+    q_NQHE: queries, N = B * G rows.
     k_BHEK: cached keys.
     v_BHKE: cached values.
-    bias: additive bias broadcastable to [B, H, Q, K], or None.
-    mask: bool, broadcastable to [B, H, Q, K]; False blocks attention. Or None.
+    bias: additive bias broadcastable to [N, H, Q, K], or None; with G > 1, it must not
+      vary with the row (its first axis is 1).
+    mask: bool, broadcastable to [N, H, Q, K]; False blocks attention. Or None. With G > 1,
+      it must be broadcastable to [B, H, 1, K] (the same for the G rows of a cache row).
     dtype: compute dtype.
 
   Returns:
-    [B, Q, H, E] attention output in `dtype`.
+    [N, Q, H, E] attention output in `dtype`.
   """
+  n, q, h, e = q_NQHE.shape
+  b = k_BHEK.shape[0]
+  if n % b:
+    raise ValueError(f"{n} query rows are not a multiple of the cache's {b} rows")
+  g = n // b
+  if g > 1:
+    # [B * G, Q, H, E] -> [B, G * Q, H, E]: the G rows become more queries of one row.
+    q_NQHE = q_NQHE.reshape(b, g * q, h, e)
+
+    def per_cache_row(x, name):
+      if x is None:
+        return None
+      if x.ndim != 4 or x.shape[0] not in (1, b):
+        raise ValueError(f"{name} of shape {x.shape} does not broadcast to [{b}, H, Q, K]")
+      # Query j * q + i of a cache row is query i of its j-th query row.
+      return jnp.tile(x, (1, 1, g, 1)) if x.shape[2] > 1 else x
+
+    bias, mask = per_cache_row(bias, "bias"), per_cache_row(mask, "mask")
   k_BHEK, v_BHKE = k_BHEK.astype(dtype), v_BHKE.astype(dtype)
   logits_BHQK = jnp.einsum(
-    "bqhe,bhek->bhqk", q_BQHE.astype(dtype), k_BHEK, preferred_element_type=jnp.float32
+    "bqhe,bhek->bhqk", q_NQHE.astype(dtype), k_BHEK, preferred_element_type=jnp.float32
   )
   if bias is not None:
-    logits_BHQK = logits_BHQK + bias.astype(jnp.float32)
+    logits_BHQK = logits_BHQK + bias.astype(dtype).astype(jnp.float32)
   if mask is not None:
     big_neg = jnp.float32(-0.7 * np.finfo(np.float32).max)
     logits_BHQK = jnp.where(mask, logits_BHQK, big_neg)
   probs_BHQK = jax.nn.softmax(logits_BHQK, axis=-1).astype(dtype)
-  return jnp.einsum("bhqk,bhke->bqhe", probs_BHQK, v_BHKE)
+  out_BQHE = jnp.einsum("bhqk,bhke->bqhe", probs_BHQK, v_BHKE)
+  return out_BQHE.reshape(n, q, h, e)
 
 
 class MlpBlock(nn.Module):

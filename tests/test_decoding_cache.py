@@ -1,0 +1,118 @@
+"""Decoding cache layouts: self-attention cache in the step's layout, beams sharing the
+cross-attention cache of their example."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_ext import layers, models, network
+from tests.tiny_network import tiny_config
+
+
+def test_self_attention_cache_is_laid_out_for_the_step_and_attends_like_full():
+  b, t, c, h, e, d = 2, 5, 8, 3, 4, 16
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(1, h, t, t)), jnp.float32)
+  causal = jnp.tril(jnp.ones((t, t), jnp.bool_))[None, None]
+  full = layers.MultiHeadAttention(h, e, d)
+  params = nn.unbox(full.init(jax.random.PRNGKey(0), x, None, bias, causal))
+  want = full.apply(params, x, None, bias, causal)
+  # Prefill the first two positions, then step through the others one at a time.
+  p = 2
+  prefill = layers.MultiHeadAttention(h, e, d, mode=layers.PREFILL, cache_length=c)
+  out, state = prefill.apply(
+    params, x[:, :p], None, bias[:, :, :p, :p], causal[..., :p, :p], mutable=["cache"]
+  )
+  np.testing.assert_allclose(out, want[:, :p], rtol=1e-5, atol=1e-5)
+  cache = state["cache"]
+  assert cache["cached_key"].shape == (b, h, e, c)  # [B, H, E, C]: no per-step transpose
+  assert cache["cached_value"].shape == (b, h, c, e)
+  assert not np.asarray(cache["cached_key"])[..., p:].any()
+  step = layers.MultiHeadAttention(h, e, d, mode=layers.STEP, cache_length=c)
+  for i in range(p, t):
+    step_bias = jnp.zeros((1, h, 1, c)).at[..., :t].set(bias[:, :, i : i + 1])
+    step_mask = (jnp.arange(c) <= i)[None, None, None]
+    out, state = step.apply(
+      {**params, "cache": cache},
+      x[:, i : i + 1],
+      None,
+      step_bias,
+      step_mask,
+      index=jnp.int32(i),
+      mutable=["cache"],
+    )
+    cache = state["cache"]
+    np.testing.assert_allclose(out[:, 0], want[:, i], rtol=1e-5, atol=1e-5, err_msg=f"pos {i}")
+  # The slots written so far hold the keys of the full pass, transposed.
+  k_full = jnp.einsum("btd,dhe->bhet", x, params["params"]["key"]["kernel"])
+  np.testing.assert_allclose(cache["cached_key"][..., :t], k_full, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_queries_attend_like_a_repeated_cache():
+  b, g, q, k, h, e = 2, 3, 2, 7, 2, 4
+  rng = np.random.default_rng(1)
+  q_NQHE = jnp.asarray(rng.normal(size=(b * g, q, h, e)), jnp.float32)
+  k_BHEK = jnp.asarray(rng.normal(size=(b, h, e, k)), jnp.float32)
+  v_BHKE = jnp.asarray(rng.normal(size=(b, h, k, e)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(1, h, q, k)), jnp.float32)
+  mask = jnp.asarray(rng.random((b, 1, 1, k)) > 0.3).at[..., 0].set(True)
+  got = layers._attend_cached(q_NQHE, k_BHEK, v_BHKE, bias, mask, jnp.float32)
+  rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731
+  want = layers._attend_cached(q_NQHE, rep(k_BHEK), rep(v_BHKE), bias, rep(mask), jnp.float32)
+  assert got.shape == (b * g, q, h, e)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="not a multiple"):
+    layers._attend_cached(q_NQHE[:5], k_BHEK, v_BHKE, None, None, jnp.float32)
+  with pytest.raises(ValueError, match="mask of shape"):
+    layers._attend_cached(q_NQHE, k_BHEK, v_BHKE, None, rep(mask), jnp.float32)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_beam_cache_repeats_and_reorders_only_the_self_attention_cache(scan):
+  cfg = tiny_config(scan_layers=scan)
+  model = models.EncoderDecoderModel(cfg)
+  b, i, t, k = 2, 5, 4, 3
+  enc = np.random.RandomState(0).randint(2, 64, (b, i)).astype(np.int32)
+  batch = dict(
+    encoder_input_tokens=enc,
+    decoder_input_tokens=np.zeros((b, t), np.int32),
+    decoder_target_tokens=np.ones((b, t), np.int32),
+  )
+  params = nn.unbox(jax.jit(model.init_variables)(jax.random.PRNGKey(0), batch)["params"])
+  module = model.module
+
+  @jax.jit
+  def prefill_cache(params):
+    encoded = module.apply({"params": params}, enc, method=module.encode)
+    _, state = module.apply(
+      {"params": params},
+      encoded,
+      enc,
+      jnp.zeros((b, 1), jnp.int32),
+      mode=network.PREFILL,
+      cache_length=t,
+      method=module.decode,
+      mutable=["cache"],
+    )
+    return state["cache"]
+
+  ax = 1 if scan else 0
+  cache = model._repeat_cache(prefill_cache(params), k)
+  rows = jnp.array([2, 2, 0, 4, 5, 3])
+  reordered = model._reorder_cache(cache, rows)
+  leaves = jax.tree_util.tree_leaves_with_path(reordered)
+  assert leaves
+  for path, x in leaves:
+    name = jax.tree_util.keystr(path)
+    if "encoder_decoder_attention" in name:
+      assert x.shape[ax] == b, name  # one row per example, never copied
+    else:
+      assert x.shape[ax] == b * k, name
+  # The self-attention rows moved as asked.
+  before = jax.tree_util.tree_leaves_with_path(cache)
+  for (path, x), (_, y) in zip(before, leaves):
+    if "encoder_decoder_attention" not in jax.tree_util.keystr(path):
+      np.testing.assert_array_equal(np.take(np.asarray(x), np.asarray(rows), axis=ax), y)
