@@ -22,6 +22,12 @@ def test_three_steps_of_the_main_job(tmp_path, capsys):
   )
   out = capsys.readouterr().out
   assert int(result.state.step) == 3
+  # The memory plan is printed before the first step (no device memory is known on CPU), and
+  # the run executes the step the plan compiled: one compile, not two.
+  plan_line = next(line for line in out.splitlines() if line.startswith("Memory plan: "))
+  assert " per device: parameters " in plan_line and "(batch 2, mesh " in plan_line
+  assert result.trainer.compiled_train_step is not None
+  assert result.trainer._train_step is result.trainer.compiled_train_step
   # Checkpoint of the last step, metrics per step with every denoiser's and mode's loss.
   assert os.listdir(tmp_path / "checkpoints") == ["3"]
   rows = metrics.read_jsonl(tmp_path / "metrics" / "train.jsonl")
