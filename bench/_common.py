@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: flags, gin model loading, peak FLOP/s, JSON output.
+"""Shared pieces of the benchmarks: flags, gin model loading, peak FLOP/s, ISA, JSON output.
 
 The benchmarks print one JSON object on stdout; progress goes to stderr.
 """
@@ -119,6 +119,84 @@ def timed_rounds(fns: dict, rounds: int, iters: dict) -> dict:
   return {
     n: {"s": statistics.median(wall[n]), "best_s": min(wall[n]), "cpu_s": statistics.median(cpu[n])}
     for n in fns
+  }
+
+
+# Instruction-set levels by /proc/cpuinfo flag, best first (x86 flags, then Arm features).
+_ISA_LEVELS = (
+  ("avx512", ("avx512f",)),
+  ("avx2", ("avx2", "fma")),
+  ("avx", ("avx",)),
+  ("sse4_2", ("sse4_2",)),
+  ("sve", ("sve",)),
+  ("neon", ("asimd",)),
+)
+# Flags that change which matmul kernels XLA, oneDNN or MKL pick; reported when present.
+_ISA_DETAIL_FLAGS = (
+  "avx2",
+  "fma",
+  "f16c",
+  "avx512f",
+  "avx512bw",
+  "avx512vl",
+  "avx512_vnni",
+  "avx512_bf16",
+  "avx512_fp16",
+  "amx_tile",
+  "amx_bf16",
+  "asimd",
+  "sve",
+  "bf16",
+)
+
+
+def isa_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
+  """The CPU's instruction-set level and the caps that XLA and PyTorch run under.
+
+  Matmul throughput on CPU depends mostly on the vector ISA the kernels use (AVX-512 hosts
+  run XLA:CPU's matmuls much faster than AVX2-only ones), so every CPU figure should carry
+  it. The caps say whether a run emulated a lower level on a better host.
+
+  Args:
+    cpuinfo_path: where to read the CPU flags (Linux).
+
+  Returns:
+    {"cpu_isa": best level the flags allow ("avx512", "avx2", "avx", "sse4_2", "sve",
+    "neon" or "unknown"), "cpu_model": the model name, "cpu_isa_flags": the matmul-relevant
+    flags present, "xla_cpu_max_isa": the `--xla_cpu_max_isa` of XLA_FLAGS or None,
+    "torch_cpu_capability": `torch.backends.cpu.get_cpu_capability()` when torch is already
+    imported (else None), "aten_cpu_capability": the ATEN_CPU_CAPABILITY cap or None}.
+  """
+  flags, model = set(), None
+  try:
+    with open(cpuinfo_path) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features") and not flags:
+          flags = set(value.split())
+        elif key in ("model name", "cpu model", "hardware") and model is None:
+          model = value.strip()
+  except OSError:
+    pass
+  isa = next((name for name, need in _ISA_LEVELS if flags.issuperset(need)), "unknown")
+  max_isa = None
+  for arg in os.environ.get("XLA_FLAGS", "").split():
+    if arg.startswith("--xla_cpu_max_isa="):
+      max_isa = arg.split("=", 1)[1]
+  torch_cap = None
+  if "torch" in sys.modules:
+    try:
+      torch_cap = sys.modules["torch"].backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+      pass
+  return {
+    "cpu_isa": isa,
+    "cpu_model": model,
+    "cpu_isa_flags": [f for f in _ISA_DETAIL_FLAGS if f in flags],
+    "xla_cpu_max_isa": max_isa,
+    "torch_cpu_capability": torch_cap,
+    "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
   }
 
 

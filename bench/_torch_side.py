@@ -62,6 +62,54 @@ def greedy_fn(spec, *, batch: int, inputs: int, decode_len: int, seed: int = 0):
   Returns:
     The callable; it returns the generated tokens as a numpy array [batch, decode_len].
   """
+  return _generate_fn(spec, batch=batch, inputs=inputs, decode_len=decode_len, seed=seed)
+
+
+def beam_fn(
+  spec,
+  *,
+  batch: int,
+  inputs: int,
+  decode_len: int,
+  num_beams: int,
+  length_penalty: float = 0.6,
+  seed: int = 0,
+):
+  """A callable running Transformers' cached beam search (`generate(num_beams=...)`).
+
+  EOS is suppressed until `decode_len` (`min_new_tokens`), so no hypothesis finishes
+  early and every call runs `decode_len` decoder steps over `batch * num_beams` rows;
+  `early_stopping` then never triggers (no beam is done before the last step). The
+  length penalty is T5X's default (0.6); Transformers divides by length ** alpha where
+  JAX's beam search uses GNMT's ((5 + length) / 6) ** alpha, which only changes how
+  finished hypotheses rank, not the work.
+
+  Args:
+    spec: `t5x_ext.hf.HFT5Spec` of the network.
+    batch: prompts per call.
+    inputs: prompt length.
+    decode_len: new tokens per prompt.
+    num_beams: beams per prompt.
+    length_penalty: Transformers' `length_penalty`.
+    seed: torch seed (weights and tokens).
+
+  Returns:
+    The callable; it returns the best sequence per prompt as a numpy array
+    [batch, decode_len].
+  """
+  return _generate_fn(
+    spec,
+    batch=batch,
+    inputs=inputs,
+    decode_len=decode_len,
+    seed=seed,
+    num_beams=num_beams,
+    length_penalty=length_penalty,
+    early_stopping=True,
+  )
+
+
+def _generate_fn(spec, *, batch: int, inputs: int, decode_len: int, seed: int, **generate_kw):
   from t5x_ext.hf.torch_reference import build_torch_t5
 
   torch = _setup_torch()
@@ -69,6 +117,7 @@ def greedy_fn(spec, *, batch: int, inputs: int, decode_len: int, seed: int = 0):
   gen = torch.Generator().manual_seed(seed)
   x = torch.randint(2, spec.vocab_size, (batch, inputs), generator=gen)
   mask = torch.ones_like(x)
+  generate_kw.setdefault("num_beams", 1)
 
   def run():
     with torch.inference_mode():
@@ -76,10 +125,10 @@ def greedy_fn(spec, *, batch: int, inputs: int, decode_len: int, seed: int = 0):
         input_ids=x,
         attention_mask=mask,
         do_sample=False,
-        num_beams=1,
         max_new_tokens=decode_len,
         min_new_tokens=decode_len,
         use_cache=True,
+        **generate_kw,
       )
     return out[:, 1:].numpy()  # drop the decoder start token
 

@@ -1,15 +1,27 @@
-"""Greedy-decoding throughput of a gin model, optionally against Transformers' `generate`.
+"""Decoding throughput of a gin model (greedy or beam search), optionally against Transformers.
 
   python bench/decode.py --gin_file=gin/models/t5_1_1/small.gin \
       --gin.network.TransformerConfig.dtype="'float32'" \
-      --batch=4 --inputs=256 --decode_len=64 [--compare_hf]
+      --batch=4 --inputs=256 --decode_len=64 [--method=beam --num_beams=4] [--compare_hf]
 
-Times `model.predict_batch(..., method="greedy")` (encoder pass, prefill, then one cached
+Times `model.predict_batch(..., method=...)` (encoder pass, prefill, then one cached
 decoder step per token inside one jitted `while_loop`) on random prompts, after a
 compiling call. Prints one JSON object with generated tokens/s (batch x tokens actually
-decoded, per second of the whole call, encoder included; fastest round). With `--compare_hf`,
-Transformers' cached greedy `generate` (EOS suppressed so that it makes exactly
-`decode_len` tokens) runs at the same dimensions in alternating rounds.
+decoded, per second of the whole call, encoder included; fastest round) and the CPU's
+instruction-set level (`isa_info`). With `--compare_hf`, Transformers' cached `generate`
+runs at the same dimensions in alternating rounds, with EOS suppressed
+(`min_new_tokens = max_new_tokens = decode_len`) so that it makes exactly `decode_len`
+tokens per prompt:
+- greedy: `generate(num_beams=1, do_sample=False)`; the JAX loop stops early only if every
+  row emits EOS, and its decoded positions are counted from the output.
+- beam: `generate(num_beams=K, do_sample=False, length_penalty=0.6, early_stopping=True)`
+  against `predict_batch(method="beam", beam_size=K, length_penalty=0.6)`. With EOS
+  suppressed no Transformers hypothesis finishes before the last step, so
+  `early_stopping` never cuts the search short and it runs `decode_len` steps over
+  batch x K rows. The JAX search has no way to suppress EOS; it stops early only once K
+  hypotheses of every example have finished and no live beam can beat them, which random
+  weights make vanishingly rare (the JSON reports whether EOS appeared in its output,
+  `jax_eos_in_output`). Tokens/s count batch x decode_len output tokens for both.
 """
 
 from __future__ import annotations
@@ -27,6 +39,9 @@ def _flags(parser):
   parser.add_argument("--inputs", type=int, default=256, help="prompt (encoder) length")
   parser.add_argument("--decode_len", type=int, default=64, help="tokens to generate")
   parser.add_argument("--calls", type=int, default=3, help="timed calls per round")
+  parser.add_argument("--method", choices=("greedy", "beam"), default="greedy")
+  parser.add_argument("--num_beams", type=int, default=4, help="beams (--method=beam)")
+  parser.add_argument("--length_penalty", type=float, default=0.6, help="beam length penalty")
 
 
 def decoded_steps(tokens, eos_id: int) -> int:
@@ -73,14 +88,21 @@ def main() -> None:
   batch = {"encoder_input_tokens": jax.device_put(enc)}
   holder = {}
 
-  def jax_decode():
-    holder["tokens"] = np.asarray(model.predict_batch(params, batch, decode_len=ld))
+  beam = flags.method == "beam"
+  search_kw = {"method": flags.method}
+  if beam:
+    search_kw.update(beam_size=flags.num_beams, length_penalty=flags.length_penalty)
 
-  _common.log("compiling the JAX decoder")
+  def jax_decode():
+    holder["tokens"] = np.asarray(model.predict_batch(params, batch, decode_len=ld, **search_kw))
+
+  _common.log(f"compiling the JAX decoder ({flags.method})")
   jax_decode()
   fns, iters = {"jax": jax_decode}, {"jax": flags.calls}
   result = {
-    "benchmark": "decode_greedy",
+    "benchmark": f"decode_{flags.method}",
+    "method": flags.method,
+    "num_beams": flags.num_beams if beam else 1,
     "gin_files": flags.gin_file,
     "gin_bindings": bindings,
     "device": str(jax.devices()[0].device_kind),
@@ -90,20 +112,37 @@ def main() -> None:
     "decode_len": ld,
     "dtype": cfg.dtype,
     "scan_layers": cfg.scan_layers,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
+  if beam:
+    result["length_penalty"] = flags.length_penalty
   if flags.compare_hf:
     import _torch_side
 
     _common.log("building the Transformers model")
-    hf_decode = _torch_side.greedy_fn(
-      config_to_spec(cfg), batch=b, inputs=li, decode_len=ld, seed=flags.seed
-    )
+    dims = dict(batch=b, inputs=li, decode_len=ld, seed=flags.seed)
+    if beam:
+      hf_decode = _torch_side.beam_fn(
+        config_to_spec(cfg),
+        num_beams=flags.num_beams,
+        length_penalty=flags.length_penalty,
+        **dims,
+      )
+    else:
+      hf_decode = _torch_side.greedy_fn(config_to_spec(cfg), **dims)
     hf_decode()
     fns["hf"], iters["hf"] = hf_decode, flags.calls
   result["load_average_before"] = _common.load_average()
   seconds = _common.timed_rounds(fns, flags.rounds, iters)
   result["load_average_after"] = _common.load_average()
-  steps = decoded_steps(holder["tokens"], model.eos_id)
+  result.update(_common.isa_info())  # after torch is imported, so its capability shows
+  if beam:
+    # Beam search returns the best finished or live sequence; it ran every step unless
+    # EOS ended hypotheses (see the module docstring).
+    steps = ld
+    result["jax_eos_in_output"] = bool((holder["tokens"] == model.eos_id).any())
+  else:
+    steps = decoded_steps(holder["tokens"], model.eos_id)
   result["jax_decoded_positions"] = steps
   for name, t in seconds.items():
     result[f"{name}_call_s"] = t["s"]
