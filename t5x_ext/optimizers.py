@@ -8,6 +8,7 @@ in `t5x_ext.schedules`. Parameters and optimizer state are float32 (bf16 is for 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,7 +58,7 @@ def adafactor(
     raise ValueError(f"decay_rate = {decay_rate!r}: must be > 0 (T5 uses 0.8).")
   if clipping_threshold is not None and clipping_threshold <= 0:
     raise ValueError(f"clipping_threshold = {clipping_threshold!r}: must be > 0 or None.")
-  return optax.adafactor(
+  tx = optax.adafactor(
     learning_rate=learning_rate,
     min_dim_size_to_factor=min_dim_size_to_factor,
     decay_rate=decay_rate,
@@ -68,6 +69,64 @@ def adafactor(
     eps=epsilon,
     factored=True,
   )
+  return _factored_as_matrices(tx)
+
+
+def factoring_shape(path: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The shape Adafactor sees a parameter in: every kernel as one matrix, as in T5X.
+
+  T5X stores an attention kernel as one matrix ([embed, heads * head_dim], or its transpose
+  for the output projection), so its Adafactor factors the second moment over those two
+  axes. Here the kernels keep their heads axis ([embed, heads, head_dim]); handed to optax
+  as they are, the two largest axes would be embed and head_dim, and with head_dim below
+  `min_dim_size_to_factor` (64 < 128 in T5.1.1 XL/XXL) the whole second moment would be
+  stored (an extra full-size copy of every attention kernel). So the axes of a kernel are
+  split into two adjacent groups (the split with the largest smaller side: [embed] and
+  [heads, head_dim] for the query, [heads, head_dim] and [embed] for the output), and the
+  stacked-layers axis of scanned stacks (a path key 'layers') stays a separate leading axis,
+  as in T5X where it is a batch axis of the factoring.
+
+  Args:
+    path: the parameter's tree path (jax key path).
+    shape: its shape.
+
+  Returns:
+    The shape to factor (equal to `shape` for vectors and matrices).
+  """
+  names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+  lead = 1 if "layers" in names and len(shape) >= 3 else 0
+  batch, dims = tuple(shape[:lead]), tuple(shape[lead:])
+  if len(dims) <= 2:
+    return tuple(shape)
+  best = max(
+    range(1, len(dims)),
+    key=lambda i: (min(math.prod(dims[:i]), math.prod(dims[i:])), -i),
+  )
+  return batch + (math.prod(dims[:best]), math.prod(dims[best:]))
+
+
+def _factored_as_matrices(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs `inner` on every parameter reshaped by `factoring_shape` (a view: no copy).
+
+  Adafactor's update is elementwise apart from the factored statistics and two RMS values
+  taken over the whole parameter, so only the factoring changes.
+  """
+
+  def view(tree):
+    if tree is None:
+      return None
+    return jax.tree_util.tree_map_with_path(
+      lambda path, x: x.reshape(factoring_shape(path, x.shape)), tree
+    )
+
+  def init(params):
+    return inner.init(view(params))
+
+  def update(updates, state, params=None):
+    new, state = inner.update(view(updates), state, view(params))
+    return jax.tree.map(lambda u, g: u.reshape(g.shape), new, updates), state
+
+  return optax.GradientTransformation(init, update)
 
 
 def _matrices_only(params: Any) -> Any:

@@ -310,16 +310,51 @@ def sharded_init(
   return tree, shardings
 
 
-def _derived_spec(leaf_shape, param_shape, param_spec: P) -> P | None:
+def _merged_views(shape: tuple, spec: tuple):
+  """(shape, spec) of the array and of every view merging two adjacent axes.
+
+  A merged axis keeps the mesh axes of both (major first); when only the minor one is
+  sharded the merged axis cannot be laid out that way and is left unsharded.
+  """
+  yield shape, spec
+  for i in range(len(shape) - 1):
+    a, b = spec[i], spec[i + 1]
+    a_t = () if a is None else (a if isinstance(a, tuple) else (a,))
+    b_t = () if b is None else (b if isinstance(b, tuple) else (b,))
+    if not a_t:
+      merged = None
+    else:
+      merged = (a_t + b_t) if len(a_t + b_t) > 1 else a_t[0]
+    yield (
+      shape[:i] + (shape[i] * shape[i + 1],) + shape[i + 2 :],
+      spec[:i] + (merged,) + spec[i + 2 :],
+    )
+
+
+# Adafactor's factored statistics (optax `FactoredState`): `v_row` averages over the
+# largest axis, `v_col` over the second largest (ranked by `np.argsort`, as optax does).
+_REDUCED_RANK = {"v_row": -1, "v_col": -2}
+
+
+def _derived_spec(leaf_shape, param_shape, param_spec: P, field: str | None = None) -> P | None:
   """Spec for an optimizer-state leaf of a parameter: same shape -> same spec; one axis
-  reduced (Adafactor row/column statistics) -> the spec with that axis dropped."""
+  reduced (Adafactor row/column statistics) -> the spec with that axis dropped. The leaf may
+  also be of a view of the parameter with two adjacent axes merged (Adafactor factors an
+  attention kernel as one matrix, see `optimizers.factoring_shape`). `field` ('v_row' or
+  'v_col') says which axis Adafactor reduced, for views whose two axes are the same size."""
   spec = tuple(param_spec) + (None,) * (len(param_shape) - len(param_spec))
-  if tuple(leaf_shape) == tuple(param_shape):
-    return P(*spec)
-  if len(leaf_shape) == len(param_shape) - 1:
-    for axis in range(len(param_shape)):
-      if tuple(param_shape[:axis]) + tuple(param_shape[axis + 1 :]) == tuple(leaf_shape):
-        return P(*(spec[:axis] + spec[axis + 1 :]))
+  leaf_shape = tuple(leaf_shape)
+  for shape, view_spec in _merged_views(tuple(param_shape), spec):
+    if leaf_shape == shape:
+      return P(*view_spec)
+    if len(leaf_shape) != len(shape) - 1:
+      continue
+    axes = range(len(shape))
+    if field in _REDUCED_RANK and len(shape) >= 2:
+      axes = [int(np.argsort(shape)[_REDUCED_RANK[field]])]
+    for axis in axes:
+      if shape[:axis] + shape[axis + 1 :] == leaf_shape:
+        return P(*(view_spec[:axis] + view_spec[axis + 1 :]))
   return None
 
 
@@ -350,18 +385,19 @@ def optimizer_state_shardings(abstract_opt_state: Any, params: Any, param_shardi
       x, jax.ShapeDtypeStruct | jax.Array
     )
 
-  def assign(sub):
+  def assign(path, sub):
     if is_params_like(sub):
+      field = getattr(path[-1], "name", None) if path else None
       leaves = []
       for leaf, p, s in zip(jax.tree.leaves(sub), param_leaves, sharding_leaves):
-        spec = _derived_spec(leaf.shape, p.shape, s.spec)
+        spec = _derived_spec(leaf.shape, p.shape, s.spec, field)
         leaves.append(
           NamedSharding(s.mesh, spec) if spec is not None else NamedSharding(s.mesh, P())
         )
       return jax.tree.unflatten(params_def, leaves)
     return jax.tree.map(lambda _: replicated, sub)
 
-  return jax.tree.map(assign, abstract_opt_state, is_leaf=is_params_like)
+  return jax.tree_util.tree_map_with_path(assign, abstract_opt_state, is_leaf=is_params_like)
 
 
 def init_optimizer_state(tx, params: Any, param_shardings: Any) -> tuple[Any, Any]:

@@ -136,6 +136,16 @@ def test_optimizer_state_is_sharded_like_the_params(sharded):
   # Factored statistics drop one axis each and keep the other's sharding.
   assert get(factored.v_row).sharding.spec == P("fsdp")
   assert get(factored.v_col).sharding.spec == P("model")
+  # An attention kernel is factored as one matrix [embed, heads * head_dim] (as in T5X):
+  # each statistic keeps the sharding of the axis it was not averaged over (optax's v_row
+  # averages over the larger axis, the last one of two the same size).
+  def query(tree):  # [64 embed, 4 heads, 16 head_dim]
+    return tree["encoder"]["layers_0"]["attention"]["query"]["kernel"]
+
+  assert query(params).sharding.spec == P("fsdp", "model", None)
+  assert query(factored.v_row).shape == (64,) and query(factored.v_col).shape == (64,)
+  assert query(factored.v_row).sharding.spec == P("fsdp")
+  assert query(factored.v_col).sharding.spec == P("model")
 
   tx = optimizers.make_optimizer("adamw", learning_rate=1e-3, grad_clip=1.0, weight_decay=0.1)
   state, _ = partitioning.init_optimizer_state(tx, params, shardings)

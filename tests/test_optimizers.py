@@ -315,3 +315,82 @@ def test_accumulation_without_an_rng_is_deterministic():
   l3, _, g3 = optimizers.accumulate_gradients(loss_fn, params, batch, 3, None)
   np.testing.assert_allclose(l3, l1, rtol=1e-6)
   np.testing.assert_allclose(g3["k"], g1["k"], rtol=1e-6, atol=1e-7)
+
+
+def _path(*names):
+  return tuple(jax.tree_util.DictKey(n) for n in names)
+
+
+@pytest.mark.parametrize(
+  "names, shape, expected",
+  [
+    (("encoder", "layers_0", "attention", "query", "kernel"), (512, 8, 64), (512, 512)),
+    (("encoder", "layers_0", "attention", "out", "kernel"), (8, 64, 512), (512, 512)),
+    (("decoder", "layers", "self_attention", "key", "kernel"), (4, 512, 8, 64), (4, 512, 512)),
+    (("decoder", "layers", "self_attention", "out", "kernel"), (4, 8, 64, 512), (4, 512, 512)),
+    (("decoder", "layers", "mlp", "wi_0", "kernel"), (4, 512, 1024), (4, 512, 1024)),
+    (("token_embedder", "embedding"), (32128, 512), (32128, 512)),
+    (("encoder", "layers_0", "pre_attention_layer_norm", "scale"), (512,), (512,)),
+  ],
+)
+def test_adafactor_factors_every_kernel_as_one_matrix_like_t5x(names, shape, expected):
+  assert optimizers.factoring_shape(_path(*names), shape) == expected
+
+
+def test_adafactor_factors_attention_kernels_whose_head_dim_is_small():
+  # T5.1.1 XL/XXL have head_dim 64 < min_dim_size_to_factor: per-head axes would not factor,
+  # and the second moment would be a full copy of the kernel.
+  params = {
+    "query": {"kernel": jnp.zeros((256, 4, 64))},
+    "out": {"kernel": jnp.zeros((4, 64, 256))},
+  }
+  state = optimizers.adafactor(0.01).init(params)[0]
+  for name in ("query", "out"):
+    assert state.v[name]["kernel"].size == 1
+    assert state.v_row[name]["kernel"].size + state.v_col[name]["kernel"].size == 512
+
+
+def test_adafactor_update_of_a_kernel_is_optax_on_its_matrix_view():
+  rng = np.random.default_rng(0)
+  params = {"out": {"kernel": jnp.asarray(rng.normal(size=(4, 64, 256)), jnp.float32)}}
+  grads = [
+    {"out": {"kernel": jnp.asarray(rng.normal(size=(4, 64, 256)), jnp.float32)}} for _ in range(3)
+  ]
+  ours = optimizers.adafactor(0.05)
+  ref = optax.adafactor(0.05, min_dim_size_to_factor=128, decay_rate=0.8, clipping_threshold=1.0)
+  flat = lambda t: {"out": {"kernel": t["out"]["kernel"].reshape(256, 256)}}  # noqa: E731
+  s_ours, s_ref, p_ours, p_ref = ours.init(params), ref.init(flat(params)), params, flat(params)
+  for g in grads:
+    u_ours, s_ours = ours.update(g, s_ours, p_ours)
+    u_ref, s_ref = ref.update(flat(g), s_ref, p_ref)
+    assert u_ours["out"]["kernel"].shape == (4, 64, 256)
+    np.testing.assert_allclose(
+      u_ours["out"]["kernel"].reshape(256, 256), u_ref["out"]["kernel"], rtol=1e-6, atol=1e-9
+    )
+    p_ours, p_ref = optax.apply_updates(p_ours, u_ours), optax.apply_updates(p_ref, u_ref)
+
+
+def test_factored_statistics_of_a_kernel_view_are_sharded_like_its_axes():
+  from jax.sharding import PartitionSpec as P
+
+  from t5x_ext import partitioning
+
+  derived = partitioning._derived_spec
+  # query kernel [embed, heads, head_dim] sharded (data, model, -), factored as
+  # [embed, heads * head_dim]; v_row averages over the larger axis, v_col over the other.
+  spec = P("data", "model", None)
+  assert derived((256,), (512, 4, 64), spec, "v_row") == P("model")
+  assert derived((512,), (512, 4, 64), spec, "v_col") == P("data")
+  # square view (d_model = heads * head_dim): the field decides, as in optax (the last of two
+  # equal axes counts as the larger one)
+  assert derived((512,), (512, 8, 64), spec, "v_row") == P("data")
+  assert derived((512,), (512, 8, 64), spec, "v_col") == P("model")
+  # scanned out kernel [layers, heads, head_dim, embed]
+  spec = P(None, "model", None, "data")
+  assert derived((3, 256), (3, 4, 64, 512), spec, "v_row") == P(None, "model")
+  assert derived((3, 512), (3, 4, 64, 512), spec, "v_col") == P(None, "data")
+  # both merged axes sharded: the merged axis keeps both, major first
+  assert derived((2048,), (8, 256, 512), P("a", "b", None), "v_col") == P(("a", "b"))
+  # unfactored second moment of a view, and Adam's moments: the view's / the param's spec
+  assert derived((512, 512), (512, 8, 64), P("data", "model", None)) == P("data", "model")
+  assert derived((512, 8, 64), (512, 8, 64), P("data", "model")) == P("data", "model", None)
