@@ -80,6 +80,11 @@ class TransformerConfig:
     attention_implementation: passed to `jax.nn.dot_product_attention`: None (XLA's
       default), 'xla', or 'cudnn' (cuDNN's fused flash attention on NVIDIA GPUs; needs
       bfloat16/float16 compute).
+    attention_chunk_size: 0 (default) attends all queries of a training/scoring pass at
+      once; N > 0 attends blocks of N queries in turn, rematerialised (see
+      `layers.chunked_attention`): the same outputs, and the [B, H, Q, K] attention logits
+      are never kept whole, at the cost of recomputing them in the backward pass.
+      Decoding's cached calls ignore it.
   """
 
   vocab_size: int = 32128
@@ -101,6 +106,7 @@ class TransformerConfig:
   decoder_only: bool = False
   layer_norm_epsilon: float = 1e-6
   attention_implementation: str | None = None
+  attention_chunk_size: int = 0
 
   def __post_init__(self):
     def fail(name, why):
@@ -158,6 +164,9 @@ class TransformerConfig:
       fail("attention_implementation", "expected None, 'xla' or 'cudnn'")
     if self.attention_implementation == "cudnn" and self.dtype == "float32":
       fail("attention_implementation", "cuDNN attention needs dtype 'bfloat16' or 'float16'")
+    chunk = self.attention_chunk_size
+    if not isinstance(chunk, int | np.integer) or isinstance(chunk, bool) or chunk < 0:
+      fail("attention_chunk_size", "must be a non-negative integer (0: no chunking)")
 
   @property
   def compute_dtype(self) -> jnp.dtype:
