@@ -11,6 +11,8 @@ FLOP/s (rates from the fastest round) from the model's own FLOP count (`model.fl
 the fp32 matmul FLOP/s that JAX reaches on the same machine in the same run. With
 `--compare_hf` the same dimensions run in Transformers (random weights, AdamW, every
 core), timed in alternating rounds with the JAX step so machine load hits both alike.
+The JSON names the CPU's instruction-set level and any XLA / PyTorch ISA caps
+(`_common.isa_info`): XLA:CPU's matmuls are much faster with AVX-512 than with AVX2 only.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def main() -> None:
     fns["hf"], iters["hf"] = hf_step, flags.steps
     result["hf_num_params"] = hf_params
     result["hf_optimizer"] = "adamw"
+  result.update(_common.isa_info())  # after torch is imported, so its capability shows
   result["load_average_before"] = _common.load_average()
   seconds = _common.timed_rounds(fns, flags.rounds, iters)
   result["load_average_after"] = _common.load_average()
