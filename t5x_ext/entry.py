@@ -90,12 +90,12 @@ def _pick(entry_points: Sequence[EntryPoint]) -> tuple[EntryPoint, Callable[...,
     fn = configured_function(ep.fn)
     if fn is not None:
       return ep, fn
-  first = entry_points[0]
-  # Without its run file the run's macros are usually unset: name the first one.
-  cli.check_required_macros(first.required_macros, run_file_hint=first.run_file)
   if len(entry_points) == 1:
+    (only,) = entry_points
+    # Without its run file the run's macros are usually unset: name the first one.
+    cli.check_required_macros(only.required_macros, run_file_hint=only.run_file)
     try:  # bound without `model` (e.g. MODEL set elsewhere): gin reports what is missing
-      return first, gin.get_configurable(first.fn)
+      return only, gin.get_configurable(only.fn)
     except (KeyError, ValueError):
       pass
   names = " nor ".join(f"{ep.fn.__module__}.{ep.fn.__name__}" for ep in entry_points)

@@ -16,11 +16,12 @@ import optax
 import pytest
 import seqio
 import tensorflow as tf
+from tiny_network import tiny_config
 
+import tasks  # noqa: F401 - registered before conftest snapshots the registries
 from t5x_ext import entry, models, partitioning
 from t5x_ext import eval as eval_lib
 from t5x_ext.trainer import Trainer
-from tiny_network import tiny_config
 
 LENGTHS = {"inputs": 16, "targets": 6}
 NUM_EXAMPLES = 13  # 7 + 6 over two shards: one shard has a batch more than the other
@@ -106,7 +107,9 @@ def two_processes(monkeypatch):
   return run
 
 
-def _trainer_and_params():
+@pytest.fixture(scope="module")
+def trainer_and_params():
+  """A tiny encoder-decoder at its random init (the metric only counts examples)."""
   model = models.EncoderDecoderModel(tiny_config())
   trainer = Trainer(model, optax.identity(), partitioning.make_mesh({"data": -1}))
   batch = {
@@ -118,13 +121,14 @@ def _trainer_and_params():
 
 
 def _metrics(trainer, params, task, shard, max_examples=None):
+  # Two rows per process and decode, also for the one-process reference: one compile.
   return eval_lib._seqio_metrics(
     trainer,
     params,
     task,
     LENGTHS,
     split="validation",
-    batch_size=4,
+    batch_size=2 * shard[1],
     decode_len=LENGTHS["targets"],
     max_examples=max_examples,
     seed=0,
@@ -133,10 +137,10 @@ def _metrics(trainer, params, task, shard, max_examples=None):
 
 
 def test_each_process_decodes_its_shard_and_metrics_see_the_split_once(
-  numbers_task, two_processes, monkeypatch
+  numbers_task, two_processes, trainer_and_params, monkeypatch
 ):
   task, seen = numbers_task
-  trainer, params = _trainer_and_params()
+  trainer, params = trainer_and_params
   # One process: the reference.
   single = _metrics(trainer, params, task, (0, 1))
   assert single == {"test_entry_numbers/n": NUM_EXAMPLES}
@@ -165,9 +169,11 @@ def test_each_process_decodes_its_shard_and_metrics_see_the_split_once(
   assert decoded["p1"] == [2, 2, 2, 0] and len(decoded["p0"]) == 4
 
 
-def test_max_examples_is_shared_between_the_processes(numbers_task, two_processes):
+def test_max_examples_is_shared_between_the_processes(
+  numbers_task, two_processes, trainer_and_params
+):
   task, seen = numbers_task
-  trainer, params = _trainer_and_params()
+  trainer, params = trainer_and_params
   results = two_processes(lambda s: _metrics(trainer, params, task, (s, 2), max_examples=5))
   assert results[0] == results[1] == {"test_entry_numbers/n": 5}
   assert len(set(seen["p0"][0])) == 5
@@ -192,3 +198,16 @@ def test_one_process_needs_no_collective():
   assert entry.gather_shards("x", 0) == ["x"]
   assert [entry.shard_share(13, s, 2) for s in (0, 1)] == [7, 6]
   assert entry.shard_share(None, 0, 2) is None
+
+
+def test_main_names_what_to_include_when_nothing_is_configured():
+  from t5x_ext import infer as infer_lib
+
+  with pytest.raises(
+    ValueError,
+    match=r"configure neither t5x_ext\.evaluation\.suite\.run_suite nor t5x_ext\.eval\.evaluate; "
+    r"include 'runs/eval_suite\.gin' or 'runs/eval\.gin'",
+  ):
+    eval_lib.main(["--gin_file=local/tiny_model.gin"])
+  with pytest.raises(ValueError, match=r"MODEL_DIR is not set \(declared .* gin/runs/infer\.gin\)"):
+    infer_lib.main(["--gin_file=local/tiny_model.gin"])
