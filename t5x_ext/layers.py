@@ -359,6 +359,8 @@ class MultiHeadAttention(nn.Module):
         v_BHCE = self.get_variable("cache", "cached_value")
         if k_BHEC is None:
           raise ValueError("self-attention STEP needs a cache filled by a PREFILL call")
+        if self.has_variable("cache", BEAM_SOURCE):
+          return self._out_proj(self._beam_step(q_BQHE, k_BKHE, v_BKHE, bias, mask, index))
         # One new slot (Q = 1): [B, 1, H, E] -> [B, H, E, 1] and [B, H, 1, E] are reshapes.
         k_BHEQ = jnp.transpose(k_BKHE, (0, 2, 3, 1)).astype(k_BHEC.dtype)
         v_BHQE = jnp.transpose(v_BKHE, (0, 2, 1, 3)).astype(v_BHCE.dtype)
@@ -381,6 +383,32 @@ class MultiHeadAttention(nn.Module):
     else:
       out_BQHE = attend(q_BQHE, k_BKHE, v_BKHE, bias, mask)
     return self._out_proj(out_BQHE)
+
+  def _beam_step(self, q_NQHE, k_NQHE, v_NQHE, bias, mask, index) -> Array:
+    """A self-attention step over a beam cache (see `to_beam_cache`); [N, 1, H, E] out."""
+    k_BHESC = self.get_variable("cache", "cached_key")
+    v_BHSCE = self.get_variable("cache", "cached_value")
+    src_NC = self.get_variable("cache", BEAM_SOURCE)
+    b, h, e, s, c = k_BHESC.shape
+    n = q_NQHE.shape[0]
+    if q_NQHE.shape[1] != 1 or n != b * s:
+      raise ValueError(f"a beam step takes one query per beam: {q_NQHE.shape}, {s} beams")
+    # Row n = b * S + s writes its new slot into beam column s; other beams' columns keep
+    # what they hold, which `BEAM_SOURCE` tells each beam whether to read.
+    k_BHES1 = k_NQHE.reshape(b, s, h, e).transpose(0, 2, 3, 1)[..., None]
+    v_BHS1E = v_NQHE.reshape(b, s, h, e).transpose(0, 2, 1, 3)[:, :, :, None, :]
+    k_BHESC = jax.lax.dynamic_update_slice(
+      k_BHESC, k_BHES1.astype(k_BHESC.dtype), (0, 0, 0, 0, index)
+    )
+    v_BHSCE = jax.lax.dynamic_update_slice(
+      v_BHSCE, v_BHS1E.astype(v_BHSCE.dtype), (0, 0, 0, index, 0)
+    )
+    own_N1 = jnp.tile(jnp.arange(s, dtype=src_NC.dtype), b)[:, None]
+    src_NC = jax.lax.dynamic_update_slice(src_NC, own_N1, (0, index))
+    self.put_variable("cache", "cached_key", k_BHESC)
+    self.put_variable("cache", "cached_value", v_BHSCE)
+    self.put_variable("cache", BEAM_SOURCE, src_NC)
+    return _attend_beam_cache(q_NQHE, k_BHESC, v_BHSCE, src_NC, bias, mask, self.dtype)
 
   def _out_proj(self, out_BQHE: Array) -> Array:
     return Projection(
@@ -502,6 +530,97 @@ def _attend_cached(
   probs_BHQK = jax.nn.softmax(logits_BHQK, axis=-1).astype(dtype)
   out_BQHE = jnp.einsum("bhqk,bhke->bqhe", probs_BHQK, v_BHKE)
   return out_BQHE.reshape(n, q, h, e)
+
+
+# The cache variable of a self-attention in beam layout: int [N, C], for each beam row and
+# cache slot, the beam column (of the same example) that holds the slot's key and value.
+BEAM_SOURCE = "beam_source"
+
+
+def to_beam_cache(cache: dict, beams: int, batch_axis: int = 0) -> dict:
+  """A self-attention cache (`MultiHeadAttention` PREFILL over B rows) laid out for beams.
+
+  Beam search keeps K live hypotheses per example and, at every step, each continues one
+  of the K (its parent). Reordering the cache rows to follow the parents (a gather of the
+  whole cache, then a copy back into the loop's buffer) moves the cache twice per step. In
+  this layout the cache never moves: keys [B, H, E, K, C] and values [B, H, K, C, E] hold
+  one column per beam, the step writes each beam's new key/value into its own column at
+  the step's slot, and `BEAM_SOURCE` ([B * K, C] ints) records, for each beam and slot,
+  which column holds that slot of the beam's history. Following the parents is then a
+  gather of `BEAM_SOURCE` only ([B * K, C] ints per layer); the step attends each beam to
+  all K columns at once and keeps, per slot, the column its history names.
+
+  Args:
+    cache: the module's cache variables ({"cached_key": [B, H, E, C], "cached_value":
+      [B, H, C, E]}, with a leading layers axis when `batch_axis` is 1).
+    beams: K.
+    batch_axis: 0, or 1 for scanned layers.
+
+  Returns:
+    The cache in beam layout, the prefilled slots copied to every column.
+  """
+  k, v = cache["cached_key"], cache["cached_value"]
+  ax = batch_axis
+  c = k.shape[ax + 3]
+  k = jnp.broadcast_to(jnp.expand_dims(k, ax + 3), k.shape[: ax + 3] + (beams, c))
+  v = jnp.broadcast_to(jnp.expand_dims(v, ax + 2), v.shape[: ax + 2] + (beams,) + v.shape[ax + 2 :])
+  src = jnp.tile(jnp.arange(beams, dtype=jnp.int32), k.shape[ax])[:, None]
+  src = jnp.broadcast_to(src, k.shape[:ax] + (src.shape[0], c))
+  return {**cache, "cached_key": k, "cached_value": v, BEAM_SOURCE: src}
+
+
+def _attend_beam_cache(
+  q_NQHE: Array,
+  k_BHESC: Array,
+  v_BHSCE: Array,
+  src_NC: Array,
+  bias: Array | None,
+  mask: Array | None,
+  dtype: Any,
+) -> Array:
+  """`_attend_cached` for one query per beam over a beam-layout cache (`to_beam_cache`).
+
+  Each beam's logits against all K columns come from one batched dot that reads the cache
+  once; a select keeps, per slot, the column `src_NC` names (the others are exact zeros),
+  so the logits, softmax and output equal those over a reordered cache.
+
+  Args:
+    q_NQHE: [B * K, 1, H, E] queries.
+    k_BHESC: cached keys.
+    v_BHSCE: cached values.
+    src_NC: int [B * K, C] column per beam and slot.
+    bias: additive bias broadcastable to [N, H, 1, C], or None.
+    mask: bool, broadcastable to [N, H, 1, C]; False blocks attention. Or None.
+    dtype: compute dtype.
+
+  Returns:
+    [B * K, 1, H, E] attention output in `dtype`.
+  """
+  b, h, e, s, c = k_BHESC.shape
+  n = q_NQHE.shape[0]
+  q_BQHE = q_NQHE.reshape(b, s, h, e).astype(dtype)  # Q: the K beams as queries
+
+  def per_beam(x):
+    # [N or 1, H or 1, 1, C] -> [B or 1, H or 1, K or 1, C] (beam n = b * K + q).
+    if x is None or x.shape[0] == 1:
+      return x
+    x = jnp.broadcast_to(x, (n,) + x.shape[1:])
+    return x.reshape(b, s, x.shape[1], c).transpose(0, 2, 1, 3)
+
+  take_BQSC = src_NC.reshape(b, s, 1, c) == jnp.arange(s, dtype=src_NC.dtype)[:, None]
+  logits_BHQSC = jnp.einsum(
+    "bqhe,bhesc->bhqsc", q_BQHE, k_BHESC.astype(dtype), preferred_element_type=jnp.float32
+  )
+  logits_BHQC = jnp.sum(jnp.where(take_BQSC[:, None], logits_BHQSC, 0.0), axis=3)
+  if bias is not None:
+    logits_BHQC = logits_BHQC + per_beam(bias).astype(dtype).astype(jnp.float32)
+  if mask is not None:
+    big_neg = jnp.float32(-0.7 * np.finfo(np.float32).max)
+    logits_BHQC = jnp.where(per_beam(mask), logits_BHQC, big_neg)
+  probs_BHQC = jax.nn.softmax(logits_BHQC, axis=-1).astype(dtype)
+  probs_BHQSC = jnp.where(take_BQSC[:, None], probs_BHQC[:, :, :, None, :], 0.0).astype(dtype)
+  out_BQHE = jnp.einsum("bhqsc,bhsce->bqhe", probs_BHQSC, v_BHSCE.astype(dtype))
+  return out_BQHE.reshape(n, 1, h, e)
 
 
 class MlpBlock(nn.Module):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_ext import decoding, losses
+from t5x_ext import decoding, layers, losses
 from t5x_ext.network import PREFILL, STEP, DecoderOnly, EncoderDecoder, TransformerConfig
 
 Array = jax.Array
@@ -280,28 +280,47 @@ class BaseModel:
     # Scanned layers stack the cache on a leading layers axis.
     return 1 if self.config.scan_layers else 0
 
-  def _map_beam_cache(self, fn, cache):
-    """Applies `fn(x, batch_axis)` to the cache leaves that hold one row per beam.
+  def _repeat_cache(self, cache, k: int):
+    """The prefilled cache of B rows, laid out for K beams per example.
 
     The cross-attention cache (the encoder's keys and values) is the same for every beam
     of an example, so it keeps one row per example: the step attends the K beams of an
-    example as K queries of that row (`layers._attend_cached`). Beam search thus never
-    copies it, where repeating and reordering it would move K times the encoder K/V at
-    every step (100 MB per step at T5.1.1 small, batch 4, 256 inputs, 4 beams).
+    example as K queries of that row (`layers._attend_cached`); repeating and reordering
+    it would move K times the encoder K/V at every step (100 MB per step at T5.1.1 small,
+    batch 4, 256 inputs, 4 beams). The self-attention caches take the beam layout of
+    `layers.to_beam_cache`, in which following the beams' parents moves only small index
+    arrays, never keys or values.
     """
+    if k == 1:
+      return cache
     ax = self._batch_axis()
 
-    def leaf(path, x):
-      shared = any(getattr(p, "key", None) == _CROSS_ATTENTION for p in path)
-      return x if shared else fn(x, ax)
+    def walk(tree, cross):
+      if not isinstance(tree, Mapping):
+        return tree
+      if "cached_key" in tree:
+        return tree if cross else layers.to_beam_cache(tree, k, ax)
+      return {name: walk(sub, cross or name == _CROSS_ATTENTION) for name, sub in tree.items()}
 
-    return jax.tree_util.tree_map_with_path(leaf, cache)
-
-  def _repeat_cache(self, cache, k: int):
-    return self._map_beam_cache(lambda x, ax: jnp.repeat(x, k, axis=ax), cache)
+    return walk(cache, False)
 
   def _reorder_cache(self, cache, rows):
-    return self._map_beam_cache(lambda x, ax: jnp.take(x, rows, axis=ax), cache)
+    """Makes beam row n continue the beam `rows[n]` (a flat index over B * K rows)."""
+    ax = self._batch_axis()
+
+    def walk(tree, cross):
+      if not isinstance(tree, Mapping):
+        return tree
+      if "cached_key" in tree:
+        if cross:
+          return tree
+        if layers.BEAM_SOURCE in tree:
+          return {**tree, layers.BEAM_SOURCE: jnp.take(tree[layers.BEAM_SOURCE], rows, axis=ax)}
+        # One beam per example: the plain layout, reordered by a gather.
+        return jax.tree.map(lambda x: jnp.take(x, rows, axis=ax), tree)
+      return {name: walk(sub, cross or name == _CROSS_ATTENTION) for name, sub in tree.items()}
+
+    return walk(cache, False)
 
   def _run_search(self, first_logits_BV, cache, step_fn, rng, **kw) -> Array:
     if kw["method"] == "beam":
@@ -432,7 +451,7 @@ class EncoderDecoderModel(BaseModel):
     def step_fn(tok_N, cache, i):
       # The token generated at output position i sits in cache slot i + 1 (slot 0: start).
       # The encoder tokens (the cross-attention mask) keep one row per example, as the
-      # cross-attention cache does in beam search (see `_map_beam_cache`).
+      # cross-attention cache does in beam search (see `_repeat_cache`).
       out, new_vars = self.module.apply(
         {"params": params, "cache": cache},
         None,

@@ -71,7 +71,7 @@ def test_grouped_queries_attend_like_a_repeated_cache():
 
 
 @pytest.mark.parametrize("scan", [False, True])
-def test_beam_cache_repeats_and_reorders_only_the_self_attention_cache(scan):
+def test_beam_cache_moves_only_beam_sources(scan):
   cfg = tiny_config(scan_layers=scan)
   model = models.EncoderDecoderModel(cfg)
   b, i, t, k = 2, 5, 4, 3
@@ -100,19 +100,62 @@ def test_beam_cache_repeats_and_reorders_only_the_self_attention_cache(scan):
     return state["cache"]
 
   ax = 1 if scan else 0
-  cache = model._repeat_cache(prefill_cache(params), k)
+  prefilled = prefill_cache(params)
+  cache = model._repeat_cache(prefilled, k)
   rows = jnp.array([2, 2, 0, 4, 5, 3])
   reordered = model._reorder_cache(cache, rows)
-  leaves = jax.tree_util.tree_leaves_with_path(reordered)
-  assert leaves
-  for path, x in leaves:
-    name = jax.tree_util.keystr(path)
+  before = dict(jax.tree_util.tree_leaves_with_path(prefilled))
+  after = jax.tree_util.tree_leaves_with_path(reordered)
+  names = [jax.tree_util.keystr(p) for p, _ in after]
+  assert sum(layers.BEAM_SOURCE in n for n in names) == (1 if scan else cfg.num_decoder_layers)
+  for (path, x), name in zip(after, names):
     if "encoder_decoder_attention" in name:
       assert x.shape[ax] == b, name  # one row per example, never copied
-    else:
-      assert x.shape[ax] == b * k, name
-  # The self-attention rows moved as asked.
-  before = jax.tree_util.tree_leaves_with_path(cache)
-  for (path, x), (_, y) in zip(before, leaves):
-    if "encoder_decoder_attention" not in jax.tree_util.keystr(path):
-      np.testing.assert_array_equal(np.take(np.asarray(x), np.asarray(rows), axis=ax), y)
+      np.testing.assert_array_equal(x, before[path])
+    elif layers.BEAM_SOURCE in name:
+      assert x.shape[ax:] == (b * k, t), name
+      np.testing.assert_array_equal(
+        np.asarray(rows) % k, np.asarray(x).reshape(-1, b * k, t)[0, :, 0]
+      )
+    else:  # keys [B, H, E, K, C] / values [B, H, K, C, E]: every beam column the prefill's
+      assert x.shape[ax] == b and x.ndim == before[path].ndim + 1, name
+      col = np.take(np.asarray(x), 1, axis=ax + (3 if "key" in name else 2))
+      np.testing.assert_array_equal(col, before[path])
+
+
+def test_beam_layout_step_equals_a_step_on_the_reordered_cache():
+  b, k, c, h, e, d = 2, 3, 6, 2, 4, 8
+  n = b * k
+  rng = np.random.default_rng(2)
+  attn = layers.MultiHeadAttention(h, e, d, mode=layers.STEP, cache_length=c)
+  x = jnp.asarray(rng.normal(size=(n, 1, d)), jnp.float32)
+  params = nn.unbox(
+    layers.MultiHeadAttention(h, e, d).init(jax.random.PRNGKey(0), x, None, None, None)
+  )
+  # A history in which each beam row holds different keys/values in slots [0, 3).
+  plain = {
+    "cached_key": jnp.asarray(rng.normal(size=(n, h, e, c)), jnp.float32).at[..., 3:].set(0),
+    "cached_value": jnp.asarray(rng.normal(size=(n, h, c, e)), jnp.float32).at[:, :, 3:].set(0),
+  }
+  # The same history in beam layout: column s of example b holds row b * K + s.
+  beam = {
+    "cached_key": plain["cached_key"].reshape(b, k, h, e, c).transpose(0, 2, 3, 1, 4),
+    "cached_value": plain["cached_value"].reshape(b, k, h, c, e).transpose(0, 2, 1, 3, 4),
+    layers.BEAM_SOURCE: jnp.tile(jnp.arange(k, dtype=jnp.int32), b)[:, None].repeat(c, 1),
+  }
+  bias = jnp.asarray(rng.normal(size=(1, h, 1, c)), jnp.float32)
+  mask = (jnp.arange(c) <= 3)[None, None, None] & jnp.asarray(rng.random((n, 1, 1, c)) > 0.2)
+  mask = mask.at[..., 0].set(True)
+  rows = jnp.array([1, 1, 0, 5, 3, 3])  # parents, within each example
+  plain = jax.tree.map(lambda a: jnp.take(a, rows, axis=0), plain)
+  beam[layers.BEAM_SOURCE] = jnp.take(beam[layers.BEAM_SOURCE], rows, axis=0)
+  step = jax.jit(
+    lambda cache: attn.apply(
+      {**params, "cache": cache}, x, None, bias, mask, index=jnp.int32(3), mutable=["cache"]
+    )
+  )
+  want, _ = step(plain)
+  got, new = step(beam)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  # The new slot went into each beam's own column.
+  np.testing.assert_array_equal(new["cache"][layers.BEAM_SOURCE][:, 3], np.tile(np.arange(k), b))
