@@ -410,6 +410,32 @@ class MultiHeadAttention(nn.Module):
     self.put_variable("cache", BEAM_SOURCE, src_NC)
     return _attend_beam_cache(q_NQHE, k_BHESC, v_BHSCE, src_NC, bias, mask, self.dtype)
 
+  def _beam_step(self, q_NQHE, k_NQHE, v_NQHE, bias, mask, index) -> Array:
+    """A self-attention step over a beam cache (see `to_beam_cache`); [N, 1, H, E] out."""
+    k_BHEX = self.get_variable("cache", "cached_key")  # X = S * C: beam column s, slot c
+    v_BHXE = self.get_variable("cache", "cached_value")
+    src_NC = self.get_variable("cache", BEAM_SOURCE)
+    n, c = src_NC.shape
+    b, h, e, x = k_BHEX.shape
+    s = x // c
+    if q_NQHE.shape[1] != 1 or n != b * s:
+      raise ValueError(f"a beam step takes one query per beam: {q_NQHE.shape}, {s} beams")
+    # Row n = b * S + s writes its new slot into beam column s; other beams' columns keep
+    # what they hold, which `BEAM_SOURCE` tells each beam whether to read. One in-place
+    # update per column: the 4-D layout is the one the dots read without a copy.
+    k_BSHE = k_NQHE.reshape(b, s, h, e).astype(k_BHEX.dtype)
+    v_BSHE = v_NQHE.reshape(b, s, h, e).astype(v_BHXE.dtype)
+    for col in range(s):
+      slot = col * c + index
+      k_BHEX = jax.lax.dynamic_update_slice(k_BHEX, k_BSHE[:, col, :, :, None], (0, 0, 0, slot))
+      v_BHXE = jax.lax.dynamic_update_slice(v_BHXE, v_BSHE[:, col, :, None, :], (0, 0, slot, 0))
+    own_N1 = jnp.tile(jnp.arange(s, dtype=src_NC.dtype), b)[:, None]
+    src_NC = jax.lax.dynamic_update_slice(src_NC, own_N1, (0, index))
+    self.put_variable("cache", "cached_key", k_BHEX)
+    self.put_variable("cache", "cached_value", v_BHXE)
+    self.put_variable("cache", BEAM_SOURCE, src_NC)
+    return _attend_beam_cache(q_NQHE, k_BHEX, v_BHXE, src_NC, bias, mask, self.dtype)
+
   def _out_proj(self, out_BQHE: Array) -> Array:
     return Projection(
       (self.num_heads, self.head_dim, self.emb_dim),
@@ -543,12 +569,13 @@ def to_beam_cache(cache: dict, beams: int, batch_axis: int = 0) -> dict:
   Beam search keeps K live hypotheses per example and, at every step, each continues one
   of the K (its parent). Reordering the cache rows to follow the parents (a gather of the
   whole cache, then a copy back into the loop's buffer) moves the cache twice per step. In
-  this layout the cache never moves: keys [B, H, E, K, C] and values [B, H, K, C, E] hold
-  one column per beam, the step writes each beam's new key/value into its own column at
-  the step's slot, and `BEAM_SOURCE` ([B * K, C] ints) records, for each beam and slot,
-  which column holds that slot of the beam's history. Following the parents is then a
-  gather of `BEAM_SOURCE` only ([B * K, C] ints per layer); the step attends each beam to
-  all K columns at once and keeps, per slot, the column its history names.
+  this layout the cache never moves: keys [B, H, E, K * C] and values [B, H, K * C, E] hold
+  one column of C slots per beam, the step writes each beam's new key/value into its own
+  column at the step's slot, and `BEAM_SOURCE` ([B * K, C] ints) records, for each beam
+  and slot, which column holds that slot of the beam's history. Following the parents is
+  then a gather of `BEAM_SOURCE` only; the step attends each beam to all K columns with
+  the same two batched dots as `_attend_cached` and keeps, per slot, the column its
+  history names.
 
   Args:
     cache: the module's cache variables ({"cached_key": [B, H, E, C], "cached_value":
@@ -562,8 +589,8 @@ def to_beam_cache(cache: dict, beams: int, batch_axis: int = 0) -> dict:
   k, v = cache["cached_key"], cache["cached_value"]
   ax = batch_axis
   c = k.shape[ax + 3]
-  k = jnp.broadcast_to(jnp.expand_dims(k, ax + 3), k.shape[: ax + 3] + (beams, c))
-  v = jnp.broadcast_to(jnp.expand_dims(v, ax + 2), v.shape[: ax + 2] + (beams,) + v.shape[ax + 2 :])
+  k = jnp.tile(k, (1,) * (ax + 3) + (beams,))
+  v = jnp.tile(v, (1,) * (ax + 2) + (beams, 1))
   src = jnp.tile(jnp.arange(beams, dtype=jnp.int32), k.shape[ax])[:, None]
   src = jnp.broadcast_to(src, k.shape[:ax] + (src.shape[0], c))
   return {**cache, "cached_key": k, "cached_value": v, BEAM_SOURCE: src}
@@ -571,8 +598,8 @@ def to_beam_cache(cache: dict, beams: int, batch_axis: int = 0) -> dict:
 
 def _attend_beam_cache(
   q_NQHE: Array,
-  k_BHESC: Array,
-  v_BHSCE: Array,
+  k_BHEX: Array,
+  v_BHXE: Array,
   src_NC: Array,
   bias: Array | None,
   mask: Array | None,
@@ -582,12 +609,12 @@ def _attend_beam_cache(
 
   Each beam's logits against all K columns come from one batched dot that reads the cache
   once; a select keeps, per slot, the column `src_NC` names (the others are exact zeros),
-  so the logits, softmax and output equal those over a reordered cache.
+  so the logits and softmax equal those over a reordered cache.
 
   Args:
     q_NQHE: [B * K, 1, H, E] queries.
-    k_BHESC: cached keys.
-    v_BHSCE: cached values.
+    k_BHEX: cached keys, X = K * C.
+    v_BHXE: cached values.
     src_NC: int [B * K, C] column per beam and slot.
     bias: additive bias broadcastable to [N, H, 1, C], or None.
     mask: bool, broadcastable to [N, H, 1, C]; False blocks attention. Or None.
@@ -596,30 +623,32 @@ def _attend_beam_cache(
   Returns:
     [B * K, 1, H, E] attention output in `dtype`.
   """
-  b, h, e, s, c = k_BHESC.shape
-  n = q_NQHE.shape[0]
+  n, c = src_NC.shape
+  b, h, e, x = k_BHEX.shape
+  s = x // c
   q_BQHE = q_NQHE.reshape(b, s, h, e).astype(dtype)  # Q: the K beams as queries
 
-  def per_beam(x):
+  def per_beam(a):
     # [N or 1, H or 1, 1, C] -> [B or 1, H or 1, K or 1, C] (beam n = b * K + q).
-    if x is None or x.shape[0] == 1:
-      return x
-    x = jnp.broadcast_to(x, (n,) + x.shape[1:])
-    return x.reshape(b, s, x.shape[1], c).transpose(0, 2, 1, 3)
+    if a is None or a.shape[0] == 1:
+      return a
+    a = jnp.broadcast_to(a, (n,) + a.shape[1:])
+    return a.reshape(b, s, a.shape[1], c).transpose(0, 2, 1, 3)
 
-  take_BQSC = src_NC.reshape(b, s, 1, c) == jnp.arange(s, dtype=src_NC.dtype)[:, None]
-  logits_BHQSC = jnp.einsum(
-    "bqhe,bhesc->bhqsc", q_BQHE, k_BHESC.astype(dtype), preferred_element_type=jnp.float32
+  take_B1QSC = src_NC.reshape(b, 1, s, 1, c) == jnp.arange(s, dtype=src_NC.dtype)[:, None]
+  logits_BHQX = jnp.einsum(
+    "bqhe,bhex->bhqx", q_BQHE, k_BHEX.astype(dtype), preferred_element_type=jnp.float32
   )
-  logits_BHQC = jnp.sum(jnp.where(take_BQSC[:, None], logits_BHQSC, 0.0), axis=3)
+  logits_BHQSC = logits_BHQX.reshape(b, h, s, s, c)
+  logits_BHQC = jnp.sum(jnp.where(take_B1QSC, logits_BHQSC, 0.0), axis=3)
   if bias is not None:
     logits_BHQC = logits_BHQC + per_beam(bias).astype(dtype).astype(jnp.float32)
   if mask is not None:
     big_neg = jnp.float32(-0.7 * np.finfo(np.float32).max)
     logits_BHQC = jnp.where(per_beam(mask), logits_BHQC, big_neg)
   probs_BHQC = jax.nn.softmax(logits_BHQC, axis=-1).astype(dtype)
-  probs_BHQSC = jnp.where(take_BQSC[:, None], probs_BHQC[:, :, :, None, :], 0.0).astype(dtype)
-  out_BQHE = jnp.einsum("bhqsc,bhsce->bqhe", probs_BHQSC, v_BHSCE.astype(dtype))
+  probs_BHQSC = jnp.where(take_B1QSC, probs_BHQC[:, :, :, None, :], 0.0).astype(dtype)
+  out_BQHE = jnp.einsum("bhqx,bhxe->bqhe", probs_BHQSC.reshape(b, h, s, x), v_BHXE.astype(dtype))
   return out_BQHE.reshape(n, 1, h, e)
 
 

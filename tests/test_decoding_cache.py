@@ -117,9 +117,10 @@ def test_beam_cache_moves_only_beam_sources(scan):
       np.testing.assert_array_equal(
         np.asarray(rows) % k, np.asarray(x).reshape(-1, b * k, t)[0, :, 0]
       )
-    else:  # keys [B, H, E, K, C] / values [B, H, K, C, E]: every beam column the prefill's
-      assert x.shape[ax] == b and x.ndim == before[path].ndim + 1, name
-      col = np.take(np.asarray(x), 1, axis=ax + (3 if "key" in name else 2))
+    else:  # keys [B, H, E, K * C] / values [B, H, K * C, E]: every column the prefill's
+      slots = ax + (3 if "key" in name else 2)
+      assert x.shape[ax] == b and x.shape[slots] == k * t, name
+      col = np.take(np.asarray(x), np.arange(t, 2 * t), axis=slots)
       np.testing.assert_array_equal(col, before[path])
 
 
@@ -137,10 +138,16 @@ def test_beam_layout_step_equals_a_step_on_the_reordered_cache():
     "cached_key": jnp.asarray(rng.normal(size=(n, h, e, c)), jnp.float32).at[..., 3:].set(0),
     "cached_value": jnp.asarray(rng.normal(size=(n, h, c, e)), jnp.float32).at[:, :, 3:].set(0),
   }
-  # The same history in beam layout: column s of example b holds row b * K + s.
+  # The same history in beam layout: column s (slots s * C ...) of example b holds row b * K + s.
   beam = {
-    "cached_key": plain["cached_key"].reshape(b, k, h, e, c).transpose(0, 2, 3, 1, 4),
-    "cached_value": plain["cached_value"].reshape(b, k, h, c, e).transpose(0, 2, 1, 3, 4),
+    "cached_key": plain["cached_key"]
+    .reshape(b, k, h, e, c)
+    .transpose(0, 2, 3, 1, 4)
+    .reshape(b, h, e, k * c),
+    "cached_value": plain["cached_value"]
+    .reshape(b, k, h, c, e)
+    .transpose(0, 2, 1, 3, 4)
+    .reshape(b, h, k * c, e),
     layers.BEAM_SOURCE: jnp.tile(jnp.arange(k, dtype=jnp.int32), b)[:, None].repeat(c, 1),
   }
   bias = jnp.asarray(rng.normal(size=(1, h, 1, c)), jnp.float32)
