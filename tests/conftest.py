@@ -52,3 +52,32 @@ def spm32k_path():
   if not SPM32K.exists():
     pytest.skip(f"{SPM32K} not present (development machines and CI only)")
   return str(SPM32K)
+
+
+_CPU_LOG = os.environ.get("T5X_EXT_TEST_CPU_LOG")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  """With T5X_EXT_TEST_CPU_LOG=path, appends each test's wall and CPU seconds to path.
+
+  CPU seconds (this process plus the subprocesses it waited for) say what a test costs even
+  on a machine shared with other jobs, where wall times mostly measure the load.
+  """
+  if not _CPU_LOG:
+    yield
+    return
+  import json
+  import resource
+  import time
+
+  def cpu():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+  wall, start = time.perf_counter(), cpu()
+  yield
+  record = {"test": item.nodeid, "wall_s": time.perf_counter() - wall, "cpu_s": cpu() - start}
+  with open(_CPU_LOG, "a") as f:
+    f.write(json.dumps(record) + "\n")

@@ -186,8 +186,10 @@ def test_plan_matches_what_one_step_holds_and_peaks_at(report):
   # Arguments (state + batch) and outputs are what lives on the device after the step.
   held = plan["argument_bytes"] + plan["output_bytes"] - plan["alias_bytes"]
   assert r["live_bytes"] == pytest.approx(held, rel=0.01)
+  # Within 0.5%: jit drops state leaves the step never reads (Adafactor's one-element
+  # placeholders for the statistics a parameter does not use) from its arguments.
   assert plan["argument_bytes"] == pytest.approx(
-    plan["params_bytes"] + plan["opt_state_bytes"] + plan["batch_bytes"], rel=0.001
+    plan["params_bytes"] + plan["opt_state_bytes"] + plan["batch_bytes"], rel=0.005
   )
   # Temporaries: the process's peak RSS during the first step grows by about them.
   if not r["rss_reset"]:

@@ -17,7 +17,11 @@ def test_finetuning_starts_from_the_t5x_checkpoint(tmp_path):
     tmp_path / "run", {"data": 1}, steps=2, batch_size=4, restore_params_from=str(step_dir)
   )
   assert len(losses) == 2 and all(np.isfinite(losses))
-  # Two small steps away from the written weights (a fresh init would be far from them).
+  # Two small steps away from the written weights; a fresh init is far from them. (Adafactor
+  # can move a rarely used embedding row by ~0.15 in two steps: its statistics are tiny.)
   final = jax.tree.map(np.asarray, result.state.params)
   drift = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), final, params)
-  assert max(jax.tree.leaves(drift)) < 0.1, drift
+  assert max(jax.tree.leaves(drift)) < 0.3, drift
+  fresh = jax.tree.map(np.asarray, random_params(model.config, seed=5))
+  far = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), fresh, params)
+  assert max(jax.tree.leaves(far)) > 1.0, far
