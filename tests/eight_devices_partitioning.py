@@ -136,6 +136,7 @@ def test_optimizer_state_is_sharded_like_the_params(sharded):
   # Factored statistics drop one axis each and keep the other's sharding.
   assert get(factored.v_row).sharding.spec == P("fsdp")
   assert get(factored.v_col).sharding.spec == P("model")
+
   # An attention kernel is factored as one matrix [embed, heads * head_dim] (as in T5X):
   # each statistic keeps the sharding of the axis it was not averaged over (optax's v_row
   # averages over the larger axis, the last one of two the same size).
