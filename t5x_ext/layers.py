@@ -386,32 +386,6 @@ class MultiHeadAttention(nn.Module):
 
   def _beam_step(self, q_NQHE, k_NQHE, v_NQHE, bias, mask, index) -> Array:
     """A self-attention step over a beam cache (see `to_beam_cache`); [N, 1, H, E] out."""
-    k_BHESC = self.get_variable("cache", "cached_key")
-    v_BHSCE = self.get_variable("cache", "cached_value")
-    src_NC = self.get_variable("cache", BEAM_SOURCE)
-    b, h, e, s, c = k_BHESC.shape
-    n = q_NQHE.shape[0]
-    if q_NQHE.shape[1] != 1 or n != b * s:
-      raise ValueError(f"a beam step takes one query per beam: {q_NQHE.shape}, {s} beams")
-    # Row n = b * S + s writes its new slot into beam column s; other beams' columns keep
-    # what they hold, which `BEAM_SOURCE` tells each beam whether to read.
-    k_BHES1 = k_NQHE.reshape(b, s, h, e).transpose(0, 2, 3, 1)[..., None]
-    v_BHS1E = v_NQHE.reshape(b, s, h, e).transpose(0, 2, 1, 3)[:, :, :, None, :]
-    k_BHESC = jax.lax.dynamic_update_slice(
-      k_BHESC, k_BHES1.astype(k_BHESC.dtype), (0, 0, 0, 0, index)
-    )
-    v_BHSCE = jax.lax.dynamic_update_slice(
-      v_BHSCE, v_BHS1E.astype(v_BHSCE.dtype), (0, 0, 0, index, 0)
-    )
-    own_N1 = jnp.tile(jnp.arange(s, dtype=src_NC.dtype), b)[:, None]
-    src_NC = jax.lax.dynamic_update_slice(src_NC, own_N1, (0, index))
-    self.put_variable("cache", "cached_key", k_BHESC)
-    self.put_variable("cache", "cached_value", v_BHSCE)
-    self.put_variable("cache", BEAM_SOURCE, src_NC)
-    return _attend_beam_cache(q_NQHE, k_BHESC, v_BHSCE, src_NC, bias, mask, self.dtype)
-
-  def _beam_step(self, q_NQHE, k_NQHE, v_NQHE, bias, mask, index) -> Array:
-    """A self-attention step over a beam cache (see `to_beam_cache`); [N, 1, H, E] out."""
     k_BHEX = self.get_variable("cache", "cached_key")  # X = S * C: beam column s, slot c
     v_BHXE = self.get_variable("cache", "cached_value")
     src_NC = self.get_variable("cache", BEAM_SOURCE)
