@@ -34,12 +34,23 @@ def parse_flags(description: str, add_flags) -> tuple[argparse.Namespace, list[s
   parser.add_argument("--seed", type=int, default=0)
   add_flags(parser)
   flags, rest = parser.parse_known_args()
-  bindings = []
+  return flags, gin_bindings(parser, rest)
+
+
+def gin_bindings(parser: argparse.ArgumentParser, rest: list[str]) -> list[str]:
+  """The `--gin.KEY=VALUE` flags argparse left over, as gin bindings; any other is an error.
+
+  Args:
+    parser: the parser (reports an unknown flag and exits).
+    rest: what `parse_known_args` did not parse.
+
+  Returns:
+    `KEY=VALUE` strings.
+  """
   for arg in rest:
     if not arg.startswith("--gin."):
       parser.error(f"unknown flag {arg!r}")
-    bindings.append(arg[len("--gin.") :])
-  return flags, bindings
+  return [arg[len("--gin.") :] for arg in rest]
 
 
 def load_gin_model(gin_files: list[str], bindings: list[str]):

@@ -131,12 +131,7 @@ def _flags(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--_row", default="", help=argparse.SUPPRESS)
   flags, rest = parser.parse_known_args(argv)
-  bindings = []
-  for arg in rest:
-    if not arg.startswith("--gin."):
-      parser.error(f"unknown flag {arg!r}")
-    bindings.append(arg[len("--gin.") :])
-  return flags, bindings
+  return flags, _common.gin_bindings(parser, rest)
 
 
 def row_specs(flags: argparse.Namespace, bindings: list[str]) -> list[dict]:
