@@ -2,12 +2,49 @@
 
 import os
 import pathlib
+import sys
 
 # Keep TensorFlow quiet and off any accelerator: tests run on CPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
+
+# One persistent JAX compilation cache per test session, shared by the xdist workers and
+# every subprocess they start (JAX reads these variables when it is imported): many tests
+# compile the same tiny models, in-process and in subprocess trainers, and on a 2-core CPU
+# the compiles are most of the suite's time. The directory is new for every session (CI
+# starts empty, nothing leaks between runs) and removed at the end by the process that
+# made it; the xdist workers inherit it from the controller. Entries are only ever added,
+# so two workers writing the same entry write the same bytes; a reader that catches one
+# half-written reads a truncated zlib stream, which JAX reports as a warning and compiles
+# anew. T5X_EXT_TEST_JAX_CACHE=0 turns it off (to measure compile times, say).
+_OWN_JAX_CACHE = None
+if os.environ.get("T5X_EXT_TEST_JAX_CACHE", "1") != "0" and not os.environ.get(
+  "JAX_COMPILATION_CACHE_DIR"
+):
+  import tempfile
+
+  _OWN_JAX_CACHE = tempfile.mkdtemp(prefix="t5x_ext_test_jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_JAX_CACHE
+  # Cache every executable, however quick its compile or small its size.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+  if "jax" in sys.modules:  # imported before this file (by a plugin): too late for the env
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", _OWN_JAX_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_unconfigure(config):
+  """Removes this session's compilation cache (only in the process that made it)."""
+  if _OWN_JAX_CACHE:
+    import shutil
+
+    shutil.rmtree(_OWN_JAX_CACHE, ignore_errors=True)
+
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
