@@ -38,6 +38,20 @@ if os.environ.get("T5X_EXT_TEST_JAX_CACHE", "1") != "0" and not os.environ.get(
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which may be absent
+def pytest_xdist_make_scheduler(config, log):
+  """With `-n N` (xdist's default `--dist load`), hands out whole files, as `--dist loadfile`.
+
+  Many files train or compile something once in a module-scoped fixture; split across the
+  workers, each worker would pay for it again. Another `--dist` given explicitly is kept.
+  """
+  if config.getvalue("dist") != "load":
+    return None
+  from xdist.scheduler import LoadFileScheduling
+
+  return LoadFileScheduling(config, log)
+
+
 def pytest_unconfigure(config):
   """Removes this session's compilation cache (only in the process that made it)."""
   if _OWN_JAX_CACHE:

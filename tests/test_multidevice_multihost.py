@@ -20,7 +20,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_two_processes(model_dir, steps):
+def _run_two_processes(model_dir, steps, evaluate=True):
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
@@ -44,6 +44,7 @@ def _run_two_processes(model_dir, steps):
       "--gin.CHECKPOINT_EVERY=2",
       "--gin.train_script.train.progress_bar=False",
       "--gin.train_script.train.samples_per_mode=0",
+      f"--gin.EVAL_PERIOD={10 if evaluate else 0}",  # 10: only at the last step
     ]
     procs.append(
       subprocess.Popen(
@@ -57,7 +58,8 @@ def _run_two_processes(model_dir, steps):
 
 
 def test_two_processes_train_and_resume(tmp_path):
-  out0, out1 = _run_two_processes(tmp_path, 4)
+  # The first run does not evaluate (seconds per process); the resumed one does, at its end.
+  out0, out1 = _run_two_processes(tmp_path, 4, evaluate=False)
   # Only process 0 logs and writes metrics; the checkpoint is complete.
   assert "step 4:" in out0 and "step 4:" not in out1
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
@@ -69,6 +71,7 @@ def test_two_processes_train_and_resume(tmp_path):
   # Both processes restore step 4 (including their own data shard's position) and go on.
   out0, _ = _run_two_processes(tmp_path, 6)
   assert "Resumed from step 4" in out0
+  assert "eval @ 6:" in out0
   rows = metrics.read_jsonl(tmp_path / "metrics" / "train.jsonl")
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   assert rows[-1]["loss"] < rows[0]["loss"]
