@@ -166,3 +166,30 @@ def test_beam_layout_step_equals_a_step_on_the_reordered_cache():
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   # The new slot went into each beam's own column.
   np.testing.assert_array_equal(new["cache"][layers.BEAM_SOURCE][:, 3], np.tile(np.arange(k), b))
+
+
+def test_decoding_compiles_without_ynnpack_fusions_on_cpu():
+  """Decoding steps are weight-read bound: on CPU their dots go to Eigen (no per-step
+  YNNPACK weight packing), and the tokens do not change."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("a CPU-only compiler option")
+  model = models.EncoderDecoderModel(tiny_config())
+  rng = np.random.default_rng(0)
+  batch = {
+    "encoder_input_tokens": rng.integers(2, 64, (2, 6), dtype=np.int32),
+    "decoder_input_tokens": np.zeros((2, 4), np.int32),
+    "decoder_target_tokens": np.ones((2, 4), np.int32),
+  }
+  params = nn.unbox(model.init_variables(jax.random.PRNGKey(0), batch)["params"])
+  feats = {"encoder_input_tokens": jnp.asarray(batch["encoder_input_tokens"])}
+  kw = dict(decode_len=4, method="greedy", temperature=0.0, top_k=0, top_p=1.0)
+  kw.update(beam_size=1, length_penalty=0.6)
+  args = (params, feats, jax.random.PRNGKey(0))
+  names = tuple(kw)
+  default = jax.jit(model._predict, static_argnames=names).lower(*args, **kw).compile()
+  if "ynn_fusion" not in default.as_text():
+    pytest.skip("this XLA build does not use YNNPACK fusions for these dots")
+  assert models.decode_compiler_options() == models.CPU_DECODE_COMPILER_OPTIONS
+  ours = model._predict_jit.lower(*args, **kw).compile()
+  assert "ynn_fusion" not in ours.as_text()
+  np.testing.assert_array_equal(model.predict_batch(params, feats, decode_len=4), default(*args))
