@@ -103,6 +103,33 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 / best
 
 
+def read_bandwidth(nbytes: int = 256 << 20, repeats: int = 10) -> float:
+  """Bytes/s at which a jitted sum streams a float32 array from memory, best of `repeats`.
+
+  The ceiling of a weight-read-bound computation (a decoding step reads every decoder
+  weight once); the array is larger than any CPU cache.
+
+  Args:
+    nbytes: array size in bytes.
+    repeats: timed calls.
+
+  Returns:
+    Bytes/s of the fastest call.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  x = jax.random.normal(jax.random.key(0), (nbytes // 4,), jnp.float32)
+  total = jax.jit(jnp.sum)
+  total(x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    total(x).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return nbytes / best
+
+
 def timed_rounds(fns: dict, rounds: int, iters: dict) -> dict:
   """Times several callables in alternating rounds, so machine load hits all alike.
 

@@ -63,6 +63,51 @@ def decoded_steps(tokens, eos_id: int) -> int:
   return int(is_eos.argmax(axis=1).max()) + 1
 
 
+def read_roofline(cfg, params, batch: int, inputs: int, seconds: dict, steps: int) -> dict:
+  """How close a decoding step comes to the time it takes to read what it must read.
+
+  A step multiplies `batch` (x beams) rows by every decoder weight and attends over the
+  encoder's cached keys/values, so at small batch it is bound by memory reads, not FLOPs.
+  The step time is (call - encoder pass) / steps, both fastest rounds; the bytes are the
+  decoder's parameters and the output layer (`logits_dense`, or the embedding table when
+  the logits are tied to it; otherwise only a few looked-up rows of the table are read)
+  plus the cross-attention cache (one row per example: beams share it).
+
+  Args:
+    cfg: the model's TransformerConfig.
+    params: the model's parameters.
+    batch: examples per call.
+    inputs: encoder length.
+    seconds: `timed_rounds` result with "jax" and "jax_encoder".
+    steps: decoder steps per call.
+
+  Returns:
+    `jax_encoder_best_s`, `jax_step_s`, `bytes_read_per_step`, `read_bandwidth_bytes_per_s`
+    (`_common.read_bandwidth`) and `jax_share_of_read_bandwidth`.
+  """
+  import jax
+  import numpy as np
+
+  def nbytes(tree):
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+  item = np.dtype(cfg.dtype).itemsize
+  cross_cache = cfg.num_decoder_layers * 2 * batch * inputs * cfg.num_heads * cfg.head_dim * item
+  # The output layer: its own kernel, or (tied) the whole embedding table.
+  output = params["logits_dense"] if "logits_dense" in params else params["token_embedder"]
+  per_step = nbytes(params["decoder"]) + nbytes(output) + cross_cache
+  enc_s = seconds["jax_encoder"]["best_s"]
+  step_s = (seconds["jax"]["best_s"] - enc_s) / steps
+  bandwidth = _common.read_bandwidth()
+  return {
+    "jax_encoder_best_s": enc_s,
+    "jax_step_s": step_s,
+    "bytes_read_per_step": per_step,
+    "read_bandwidth_bytes_per_s": bandwidth,
+    "jax_share_of_read_bandwidth": per_step / step_s / bandwidth,
+  }
+
+
 def main() -> None:
   """Runs the benchmark and prints its JSON result."""
   flags, bindings = _common.parse_flags(__doc__.split("\n\n")[0], _flags)
@@ -72,6 +117,7 @@ def main() -> None:
   import jax
   import numpy as np
 
+  from t5x_ext import models
   from t5x_ext.hf import config_to_spec
 
   model = _common.load_gin_model(flags.gin_file, bindings)
@@ -96,9 +142,19 @@ def main() -> None:
   def jax_decode():
     holder["tokens"] = np.asarray(model.predict_batch(params, batch, decode_len=ld, **search_kw))
 
+  encode = jax.jit(
+    lambda p, t: model.module.apply({"params": p}, t, method="encode"),
+    compiler_options=models.decode_compiler_options(),
+  )
+
+  def jax_encode():
+    encode(params, batch["encoder_input_tokens"]).block_until_ready()
+
   _common.log(f"compiling the JAX decoder ({flags.method})")
   jax_decode()
-  fns, iters = {"jax": jax_decode}, {"jax": flags.calls}
+  jax_encode()
+  fns, iters = {"jax": jax_decode, "jax_encoder": jax_encode}, {"jax": flags.calls}
+  iters["jax_encoder"] = flags.calls
   result = {
     "benchmark": f"decode_{flags.method}",
     "method": flags.method,
@@ -145,10 +201,13 @@ def main() -> None:
     steps = decoded_steps(holder["tokens"], model.eos_id)
   result["jax_decoded_positions"] = steps
   for name, t in seconds.items():
+    if name == "jax_encoder":
+      continue
     result[f"{name}_call_s"] = t["s"]
     result[f"{name}_call_best_s"] = t["best_s"]
     result[f"{name}_call_cpu_s"] = t["cpu_s"]
   result["jax_tokens_per_s"] = b * steps / seconds["jax"]["best_s"]
+  result.update(read_roofline(cfg, params, b, li, seconds, steps))
   if flags.compare_hf:
     result["hf_tokens_per_s"] = b * ld / seconds["hf"]["best_s"]
     result["speedup_tokens_per_s_vs_hf"] = result["jax_tokens_per_s"] / result["hf_tokens_per_s"]
