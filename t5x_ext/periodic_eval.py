@@ -370,27 +370,22 @@ def build(
 
   seqio_fn = None
   if predict_examples != 0 and _has_metric_fns(provider):
-    if jax.process_count() > 1:
-      logging.warning(
-        "SeqIO metrics of %s are not computed during multi-process training (decoding reads "
-        "every example on every process); run `python -m t5x_ext.eval` on the checkpoints.",
-        mixture_or_task_name,
-      )
-    else:
-      decode_len = int(lengths.get("targets", 64))
+    # Every process decodes its shard of the examples in lockstep and the metrics see each
+    # example once (`eval._seqio_metrics`), so this runs on one process or many alike.
+    decode_len = int(lengths.get("targets", 64))
 
-      def seqio_fn(params):
-        return eval_lib._seqio_metrics(
-          trainer,
-          params,
-          provider,
-          lengths,
-          split=EVAL_SPLIT,
-          batch_size=rows,
-          decode_len=decode_len,
-          max_examples=predict_examples,
-          seed=EVAL_SEED,
-        )
+    def seqio_fn(params):
+      return eval_lib._seqio_metrics(
+        trainer,
+        params,
+        provider,
+        lengths,
+        split=EVAL_SPLIT,
+        batch_size=rows,
+        decode_len=decode_len,
+        max_examples=predict_examples,
+        seed=EVAL_SEED,
+      )
 
   return PeriodicEvaluator(
     trainer,
