@@ -83,7 +83,8 @@ def read_roofline(cfg, params, batch: int, inputs: int, seconds: dict, steps: in
 
   Returns:
     `jax_encoder_best_s`, `jax_step_s`, `bytes_read_per_step`, `read_bandwidth_bytes_per_s`
-    (`_common.read_bandwidth`) and `jax_share_of_read_bandwidth`.
+    (`_common.read_bandwidth`) and `jax_share_of_read_bandwidth` (the step time and share
+    None when noise makes the encoder's fastest round slower than the call's).
   """
   import jax
   import numpy as np
@@ -98,13 +99,15 @@ def read_roofline(cfg, params, batch: int, inputs: int, seconds: dict, steps: in
   per_step = nbytes(params["decoder"]) + nbytes(output) + cross_cache
   enc_s = seconds["jax_encoder"]["best_s"]
   step_s = (seconds["jax"]["best_s"] - enc_s) / steps
+  # At toy sizes the encoder's fastest round can outrun the whole call's: no step time then.
+  measured = step_s > 0
   bandwidth = _common.read_bandwidth()
   return {
     "jax_encoder_best_s": enc_s,
-    "jax_step_s": step_s,
+    "jax_step_s": step_s if measured else None,
     "bytes_read_per_step": per_step,
     "read_bandwidth_bytes_per_s": bandwidth,
-    "jax_share_of_read_bandwidth": per_step / step_s / bandwidth,
+    "jax_share_of_read_bandwidth": per_step / step_s / bandwidth if measured else None,
   }
 
 

@@ -2,23 +2,15 @@
 dot libraries, as a chain of as many distinct matrices as the byte budget holds (no timing
 is asserted)."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.bench_scripts import bench_module
 
 
 @pytest.fixture(scope="module")
 def kernels():
-  sys.path.insert(0, str(REPO / "bench"))
-  spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "bench" / "cpu_kernels.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  yield module
-  sys.path.remove(str(REPO / "bench"))
+  with bench_module("cpu_kernels") as module:
+    yield module
 
 
 def test_every_shape_with_both_dot_libraries(kernels, monkeypatch):

@@ -2,9 +2,7 @@
 documented JSON, and its read roofline counts the bytes a decoding step must read (no timing
 is asserted)."""
 
-import importlib.util
 import json
-import pathlib
 import subprocess
 import sys
 import types
@@ -12,28 +10,13 @@ import types
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-SHRINK = [
-  "--gin.VOCAB_SIZE=128",
-  "--gin.network.TransformerConfig.emb_dim=32",
-  "--gin.network.TransformerConfig.num_heads=4",
-  "--gin.network.TransformerConfig.head_dim=8",
-  "--gin.network.TransformerConfig.mlp_dim=32",
-  "--gin.network.TransformerConfig.num_encoder_layers=1",
-  "--gin.network.TransformerConfig.num_decoder_layers=1",
-  "--gin.network.TransformerConfig.dtype='float32'",
-]
+from tests.bench_scripts import REPO, SHRINK, bench_module
 
 
 @pytest.fixture(scope="module")
 def decode_bench():
-  sys.path.insert(0, str(REPO / "bench"))
-  spec = importlib.util.spec_from_file_location("bench_decode", REPO / "bench" / "decode.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  yield module
-  sys.path.remove(str(REPO / "bench"))
+  with bench_module("decode") as module:
+    yield module
 
 
 def test_read_roofline_counts_decoder_weights_and_the_cross_attention_cache(
@@ -57,6 +40,10 @@ def test_read_roofline_counts_decoder_weights_and_the_cross_attention_cache(
   params["logits_dense"] = {"kernel": np.zeros((8, 10), np.float32)}
   got = decode_bench.read_roofline(cfg, params, batch=2, inputs=5, seconds=seconds, steps=4)
   assert got["bytes_read_per_step"] == (12 + 5 + 80) * 4 + cross_cache
+  # Noise can make the encoder's fastest round slower than the whole call's: no step time.
+  seconds["jax_encoder"]["best_s"] = 1.1
+  got = decode_bench.read_roofline(cfg, params, batch=2, inputs=5, seconds=seconds, steps=4)
+  assert got["jax_step_s"] is None and got["jax_share_of_read_bandwidth"] is None
 
 
 def test_greedy_bench_runs_against_transformers():
@@ -67,6 +54,7 @@ def test_greedy_bench_runs_against_transformers():
     str(REPO / "bench" / "decode.py"),
     "--gin_file=gin/models/t5_1_1/tiny.gin",
     *SHRINK,
+    "--gin.network.TransformerConfig.dtype='float32'",
     "--batch=2",
     "--inputs=8",
     "--decode_len=3",
@@ -78,7 +66,7 @@ def test_greedy_bench_runs_against_transformers():
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout)
   assert result["benchmark"] == "decode_greedy" and result["batch"] == 2
-  for key in ("jax_tokens_per_s", "hf_tokens_per_s", "jax_step_s", "read_bandwidth_bytes_per_s"):
+  for key in ("jax_tokens_per_s", "hf_tokens_per_s", "read_bandwidth_bytes_per_s"):
     assert result[key] > 0, key
   # One decoder layer of the shrunken tiny model, in float32: self-attention (4 D x H x E),
   # cross-attention (4 D x H x E), the gated MLP (2 D x F + F x D), three layer norms, the
@@ -87,4 +75,4 @@ def test_greedy_bench_runs_against_transformers():
   d, h, e, f, v = 32, 4, 8, 32, 128
   weights = 8 * d * h * e + 3 * d * f + 4 * d + h * 32 + d * v
   assert result["bytes_read_per_step"] == 4 * (weights + 2 * 2 * 8 * h * e)
-  assert result["cpu_isa"] and "speedup_tokens_per_s_vs_hf" in result
+  assert result["cpu_isa"] and "speedup_tokens_per_s_vs_hf" in result and "jax_step_s" in result

@@ -2,32 +2,17 @@
 chunked attention variant needs fewer compiled temporaries than the plain one at a length
 where the [B, H, L, L] attention logits dominate (no timing is asserted)."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-# tiny.gin shrunk further: the bench accepts gin bindings after the model file.
-SHRINK = [
-  "--gin.VOCAB_SIZE=128",
-  "--gin.network.TransformerConfig.emb_dim=32",
-  "--gin.network.TransformerConfig.num_heads=4",
-  "--gin.network.TransformerConfig.head_dim=8",
-  "--gin.network.TransformerConfig.mlp_dim=32",
-  "--gin.network.TransformerConfig.num_encoder_layers=1",
-  "--gin.network.TransformerConfig.num_decoder_layers=1",
-]
+from tests.bench_scripts import SHRINK, bench_module
 
 
 @pytest.fixture(scope="module")
 def scaling():
-  spec = importlib.util.spec_from_file_location("bench_scaling", REPO / "bench" / "scaling.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  with bench_module("scaling") as module:
+    yield module
 
 
 def test_rows_keep_tokens_per_batch_fixed(scaling):
