@@ -59,7 +59,7 @@ setuptools.setup(
   description=__doc__,
   python_requires=">=3.11",
   # The gin files stay in the top-level gin/ where users read them; the wheel carries them
-  # as t5x_ext/gin/ (package data), where t5x_ext.cli looks when there is no source tree.
+  # as t5x_ext/gin/ (package data), where t5x_ext.launch.flags looks when there is no source tree.
   packages=setuptools.find_packages(include=["t5x_ext", "t5x_ext.*", "tasks", "tasks.*"])
   + ["t5x_ext.gin"],
   package_dir={"t5x_ext.gin": "gin"},

@@ -61,10 +61,10 @@ def load_gin_model(gin_files: list[str], bindings: list[str]):
     bindings: extra `KEY=VALUE` bindings, applied after the files.
 
   Returns:
-    The model object (e.g. `t5x_ext.models.EncoderDecoderModel`).
+    The model object (e.g. `t5x_ext.model.models.EncoderDecoderModel`).
   """
   import gin
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   # As the entry points parse: files looked up in the working directory, then the gin
   # search path (so `models/t5_1_1/small.gin` works from anywhere), includes resolved on

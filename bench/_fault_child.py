@@ -15,7 +15,7 @@ import signal
 
 
 def _install(fault: str) -> None:
-  from t5x_ext import checkpointing
+  from t5x_ext.training import checkpointing
 
   kind, _, step_text = fault.partition(":")
   fault_step = int(step_text)
@@ -52,8 +52,8 @@ def main() -> None:
   fault = os.environ.get("T5X_EXT_FAULT")
   if fault:
     _install(fault)
-  from t5x_ext import cli
   from t5x_ext import train as train_lib
+  from t5x_ext.launch import flags as cli
 
   cli.main_guard(train_lib.main)
 

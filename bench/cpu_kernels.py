@@ -90,7 +90,7 @@ def run(argv: list[str] | None = None) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from t5x_ext import models
+  from t5x_ext.model import models
 
   options = {"default": None, "no_ynn_fusions": dict(models.CPU_DECODE_COMPILER_OPTIONS)}
   key = jax.random.key(0)

@@ -120,8 +120,8 @@ def main() -> None:
   import jax
   import numpy as np
 
-  from t5x_ext import models
   from t5x_ext.hf import config_to_spec
+  from t5x_ext.model import models
 
   model = _common.load_gin_model(flags.gin_file, bindings)
   cfg = model.config

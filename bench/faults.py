@@ -36,7 +36,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 CHILD = HERE / "_fault_child.py"
 FAULTS = ("kill9", "kill_during_save", "sigterm", "corrupt_latest", "enospc")
-STOPPED_EXIT, USER_ERROR_EXIT = 143, 2  # t5x_ext.cli.STOPPED_EXIT / USER_ERROR_EXIT
+STOPPED_EXIT, USER_ERROR_EXIT = 143, 2  # t5x_ext.launch.flags.STOPPED_EXIT / USER_ERROR_EXIT
 
 
 def _flags(args, model_dir: pathlib.Path, steps: int) -> list[str]:

@@ -16,7 +16,7 @@ shrinking as L grows so that every step sees the same number of encoder tokens
 
 Two kinds of memory figure, both bytes on one device:
 
-  compiled_*       XLA's memory analysis of the compiled step (what `t5x_ext.memory_plan`
+  compiled_*       XLA's memory analysis of the compiled step (what `t5x_ext.training.memory_plan`
                    reports): arguments + outputs - donated + temporaries + code. The
                    compiler's plan, the same number on every run.
   measured_*       what the run used: on CPU the process's peak resident set (VmHWM) minus
@@ -193,8 +193,8 @@ def measure_row(spec: dict, *, measure_process: bool = True) -> dict:
   from train_step import make_batch
 
   import gin
-  from t5x_ext import memory_plan, optimizers, partitioning
-  from t5x_ext.trainer import Trainer
+  from t5x_ext.training import memory_plan, optimizers, partitioning
+  from t5x_ext.training.trainer import Trainer
 
   rss_before = _rss_bytes("VmRSS") if measure_process else None
   gin.clear_config()  # rows run in one process must not inherit each other's bindings

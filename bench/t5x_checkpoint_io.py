@@ -66,7 +66,7 @@ def _log(msg: str) -> None:
 
 
 def _config(size: str, **overrides):
-  from t5x_ext import network
+  from t5x_ext.model import network
 
   fields = dict(SIZES[size], activations=("silu", "linear"), dtype="bfloat16")
   fields.update(overrides)
@@ -165,7 +165,8 @@ def _target(size: str):
   import jax
   import jax.numpy as jnp
 
-  from t5x_ext import network, partitioning
+  from t5x_ext.model import network
+  from t5x_ext.training import partitioning
 
   config = _config(size, param_dtype="bfloat16")
   mesh = partitioning.make_mesh({"fsdp": DEVICES})
@@ -181,7 +182,7 @@ def phase_restore(work: pathlib.Path, size: str) -> dict:
   """Sharded restore onto 8 simulated devices, bfloat16 target."""
   import jax
 
-  from t5x_ext import checkpointing
+  from t5x_ext.training import checkpointing
 
   assert jax.device_count() == DEVICES, jax.devices()
   target = _target(size)

@@ -7,7 +7,7 @@
 For each config it builds the model from its gin file, the UL2 mixture on the embedded
 corpus (`pydocs_ul2_mod_v1`, 512 input / 128 target positions by default) through
 `t5x_ext.data.get_batches`, and runs `Trainer.train_step` fed by the same prefetching thread
-as `python -m t5x_ext.train` (`t5x_ext.loop.Prefetcher`). Prints one JSON object per config
+as `python -m t5x_ext.train` (`t5x_ext.training.loop.Prefetcher`). Prints one JSON object per config
 on stdout (progress on stderr):
 
   steps_per_s, tokens_per_s (batch positions), target_tokens_per_s (real target tokens),
@@ -40,7 +40,7 @@ CONFIGS = {
 
 def _model(gin_file: str, dtype: str | None):
   import gin
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   bindings = [f"network.TransformerConfig.dtype = '{dtype}'"] if dtype else []
   cli.parse_gin([gin_file], bindings)
@@ -57,10 +57,11 @@ def run(config: str, args) -> dict:
   """Benchmarks one config; returns the JSON-able result."""
   import jax
 
-  from t5x_ext import metrics, optimizers, partitioning
   from t5x_ext.data import pipeline
-  from t5x_ext.loop import Prefetcher
-  from t5x_ext.trainer import Trainer
+  from t5x_ext.training import metric_writers as metrics
+  from t5x_ext.training import optimizers, partitioning
+  from t5x_ext.training.loop import Prefetcher
+  from t5x_ext.training.trainer import Trainer
 
   model = _model(CONFIGS[config], args.dtype)
   lengths = {"inputs": args.inputs, "targets": args.targets}

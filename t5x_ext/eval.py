@@ -32,9 +32,10 @@ import jax
 import numpy as np
 import optax
 
-from t5x_ext import checkpointing, entry, partitioning
-from t5x_ext import metrics as metrics_lib
-from t5x_ext.trainer import Trainer
+from t5x_ext.launch import scaffold as entry
+from t5x_ext.training import checkpointing, partitioning
+from t5x_ext.training import metric_writers as metrics_lib
+from t5x_ext.training.trainer import Trainer
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 
@@ -135,8 +136,9 @@ def _seqio_metrics(
   Returns:
     `{"<task>/<metric>": value}`, the same on every process.
   """
-  from t5x_ext import memory_plan, run_data
   from t5x_ext.data import pipeline
+  from t5x_ext.data import providers as run_data
+  from t5x_ext.training import memory_plan
 
   shard_id, num_shards = shard or partitioning.process_batch_shard(trainer.mesh)
   rows = batch_size // num_shards
@@ -241,8 +243,8 @@ def evaluate(
   Returns:
     `{"step": step, "eval/loss": ..., "eval/<task>/<metric>": ...}`.
   """
-  from t5x_ext import run_data
   from t5x_ext.data import pipeline
+  from t5x_ext.data import providers as run_data
 
   run = entry.prepare(
     model,
@@ -317,13 +319,13 @@ SUITE_REQUIRED_MACROS = ("MODEL_DIR",)
 
 
 def _configured_function(gin, fn):
-  """`fn` as gin configures it, or None (see `t5x_ext.entry.configured_function`)."""
+  """`fn` as gin configures it, or None (see `t5x_ext.launch.scaffold.configured_function`)."""
   del gin
   return entry.configured_function(fn)
 
 
 def main(argv=None) -> dict[str, float]:
-  """Runs `evaluate`, or the evaluation suite, as the gin flags configure it (`t5x_ext.cli`).
+  """Runs `evaluate`, or the evaluation suite, as the gin flags configure it (`t5x_ext.launch.flags`).
 
   `runs/eval.gin` configures `evaluate`; `runs/eval_suite.gin` configures
   `t5x_ext.evaluation.suite.run_suite` (then the suite runs, and its required macros are
@@ -350,7 +352,7 @@ def main(argv=None) -> dict[str, float]:
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
-  from t5x_ext import cli as _cli
   from t5x_ext import eval as _eval_module  # the module gin binds, not `__main__`
+  from t5x_ext.launch import flags as _cli
 
   _cli.main_guard(_eval_module.main)

@@ -16,7 +16,7 @@ line, or JSONL with a `PROMPT_KEY` field) the model continues those instead, aft
 `MODE_PREFIX` (`'[NLU]'`, `'[NLG]'`, `'[S2S]'` or None), and each prediction is printed and
 written to MODEL_DIR/inference/prompts.jsonl as
 `{"index": 0, "inputs": "[S2S] ...", "prompt": "...", "prediction": "...", "prediction_ids": [...]}`;
-the task then only lends its vocabulary (t5x_ext.prompts lays the batches out).
+the task then only lends its vocabulary (t5x_ext.data.prompts lays the batches out).
 
   python -m t5x_ext.infer --gin_file=local/tiny_model.gin --gin_file=runs/infer.gin \
     --gin.MODEL_DIR="'/tmp/ul2_tiny'" --gin.MIXTURE_OR_TASK_NAME="'pydocs_ul2_mod_v1'" \
@@ -37,7 +37,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_ext import entry, partitioning
+from t5x_ext.launch import scaffold as entry
+from t5x_ext.training import partitioning
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 DECODE_METHODS = ("greedy", "sample", "beam")
@@ -105,7 +106,7 @@ def infer(
   Returns:
     The path written by this process.
   """
-  from t5x_ext import run_data
+  from t5x_ext.data import providers as run_data
 
   if method not in DECODE_METHODS:
     raise ValueError(f"method = {method!r}: must be one of {DECODE_METHODS}.")
@@ -154,8 +155,8 @@ def infer(
     )
     with_scores = False  # prompts have no targets to score
   else:
-    from t5x_ext import memory_plan
     from t5x_ext.data import pipeline
+    from t5x_ext.training import memory_plan
 
     pairs = pipeline.get_infer_batches(
       mixture_or_task_name,
@@ -229,7 +230,7 @@ def predict(
   with_scores: bool = False,
   **decode_kw,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-  """Decodes one process-local numpy batch on the trainer's mesh (`t5x_ext.entry.predict`).
+  """Decodes one process-local numpy batch on the trainer's mesh (`t5x_ext.launch.scaffold.predict`).
 
   Args:
     trainer: a `Trainer` (its mesh, rules, model and `shard_batch`).
@@ -246,7 +247,7 @@ def predict(
 
 
 def _record(index: int, ex: Mapping[str, Any], pred_row, vocab, score) -> dict[str, Any]:
-  from t5x_ext import run_data
+  from t5x_ext.data import providers as run_data
 
   ids = [int(t) for t in pred_row]
   if 1 in ids:
@@ -284,7 +285,7 @@ def _prompt_batches(
   max_examples,
 ) -> Iterator[tuple[list[dict], dict[str, np.ndarray]]]:
   """(examples, batch) pairs for this process's share of the prompts, like the task path."""
-  from t5x_ext import prompts as prompts_lib
+  from t5x_ext.data import prompts as prompts_lib
 
   if prompts_file is not None:
     prompts = prompts_lib.read_prompts(prompts_file, key=prompt_key)
@@ -309,7 +310,7 @@ def _prompt_batches(
 
 
 def main(argv=None) -> str:
-  """Runs `infer` configured by gin flags (see `t5x_ext.cli`).
+  """Runs `infer` configured by gin flags (see `t5x_ext.launch.flags`).
 
   Args:
     argv: command-line arguments (default `sys.argv[1:]`).
@@ -324,7 +325,7 @@ def main(argv=None) -> str:
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
-  from t5x_ext import cli as _cli
   from t5x_ext import infer as _infer_module  # the module gin binds, not `__main__`
+  from t5x_ext.launch import flags as _cli
 
   _cli.main_guard(_infer_module.main)

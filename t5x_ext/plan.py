@@ -7,7 +7,7 @@
 Reads the experiment's `train` settings from gin (model, TASK_FEATURE_LENGTHS, BATCH_SIZE,
 MESH_SHAPE, optimizer, NUM_MICROBATCHES, logical axis rules), builds the `Trainer` that
 `t5x_ext.train.train` would build, and compiles its train step for abstract state and batch
-on the experiment's mesh (`t5x_ext.memory_plan`): nothing the size of the model is allocated,
+on the experiment's mesh (`t5x_ext.training.memory_plan`): nothing the size of the model is allocated,
 no data is read, no checkpoint is touched. The mesh lives on simulated CPU devices, as many as
 `--num_devices` (default: the product of MESH_SHAPE's fixed axes, a -1 axis counted as 1);
 the command sets JAX's CPU device count before JAX starts, or re-runs itself in a subprocess
@@ -42,7 +42,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from t5x_ext import memory_plan
+from t5x_ext.training import memory_plan
 
 _CHILD_ENV = "T5X_EXT_PLAN_CHILD"
 
@@ -54,9 +54,9 @@ def parse_flags(argv: Sequence[str]) -> tuple[argparse.Namespace, argparse.Names
     argv: arguments without the program name.
 
   Returns:
-    `(plan_flags, gin_flags)`; gin_flags as `t5x_ext.cli.parse_flags` returns them.
+    `(plan_flags, gin_flags)`; gin_flags as `t5x_ext.launch.flags.parse_flags` returns them.
   """
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   parser = argparse.ArgumentParser(prog="python -m t5x_ext.plan", allow_abbrev=False)
   parser.add_argument("--num_devices", type=int, default=None)
@@ -134,7 +134,7 @@ def _optimizer(optimizer, learning_rate):
   # As `train` builds it: a transformation, a factory taking learning_rate=, or the default.
   import optax
 
-  from t5x_ext import optimizers
+  from t5x_ext.training import optimizers
 
   if optimizer is None:
     return optimizers.make_optimizer(learning_rate=learning_rate)
@@ -177,8 +177,8 @@ def build_trainer(
   Raises:
     ValueError: on a bad MESH_SHAPE, BATCH_SIZE or NUM_MICROBATCHES (naming it).
   """
-  from t5x_ext import partitioning
-  from t5x_ext.trainer import Trainer
+  from t5x_ext.training import partitioning
+  from t5x_ext.training.trainer import Trainer
 
   mesh = partitioning.make_mesh(settings["mesh_shape"], devices=devices)
   model, lengths = settings["model"], dict(settings["task_feature_lengths"])
@@ -213,7 +213,8 @@ def make_plan(argv: Sequence[str]) -> dict[str, Any]:
   """
   import jax
 
-  from t5x_ext import cli, partitioning
+  from t5x_ext.launch import flags as cli
+  from t5x_ext.training import partitioning
 
   own, gin_args = parse_flags(argv)
   memory_bytes, memory_label = _memory(own)
@@ -323,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   """
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
-    from t5x_ext import cli
+    from t5x_ext.launch import flags as cli
 
     own, gin_args = parse_flags(argv)
     if not gin_args.gin_files:

@@ -4,7 +4,9 @@ The run file `gin/runs/pretrain.gin` binds `train` below; its `%gin.REQUIRED` ma
 MODEL_DIR, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS and TRAIN_STEPS (BATCH_SIZE and
 MESH_SHAPE have defaults). The same function is a plain Python function for notebooks:
 
-  from t5x_ext import models, network, train
+  from t5x_ext import train
+  from t5x_ext.model import models
+  from t5x_ext.model import network
   result = train.train(model=models.EncoderDecoderModel(network.TransformerConfig(...)),
                        mixture_or_task_name="pydocs_ul2_mod_v1",
                        task_feature_lengths={"inputs": 128, "targets": 64},
@@ -17,7 +19,7 @@ only when MODEL_DIR has no checkpoint yet.
 
 With `eval_period` set (EVAL_PERIOD; the run files default it to CHECKPOINT_EVERY), the
 params are evaluated on the task's validation split every `eval_period` steps and at the last
-step (`t5x_ext.periodic_eval`): `eval/loss`, `eval/loss/<denoiser>`, `eval/loss/<mode>`, the
+step (`t5x_ext.evaluation.periodic`): `eval/loss`, `eval/loss/<denoiser>`, `eval/loss/<mode>`, the
 task's SeqIO metrics, to MODEL_DIR/metrics/eval.jsonl, MODEL_DIR/tensorboard/eval and the
 console. A task without a validation split gets a warning and no evaluation.
 """
@@ -34,18 +36,18 @@ from typing import Any
 import jax
 import optax
 
-from t5x_ext import (
+from t5x_ext.evaluation import periodic as periodic_eval
+from t5x_ext.launch import scaffold as entry
+from t5x_ext.training import (
   checkpointing,
-  entry,
   loop,
   optimizers,
   partitioning,
-  periodic_eval,
   run_lock,
   tensorboard_events,
 )
-from t5x_ext import metrics as metrics_lib
-from t5x_ext.trainer import Trainer, TrainState
+from t5x_ext.training import metric_writers as metrics_lib
+from t5x_ext.training.trainer import Trainer, TrainState
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")
 SAMPLE_MODES = ("[NLU]", "[NLG]", "[S2S]")
@@ -216,7 +218,7 @@ def _build_evaluator(
 
 
 def _device_memory_bytes(device_memory: Any) -> int:
-  from t5x_ext import memory_plan
+  from t5x_ext.training import memory_plan
 
   try:
     return memory_plan.parse_memory(device_memory)
@@ -228,7 +230,7 @@ def _device_memory_bytes(device_memory: Any) -> int:
 
 
 def _plan_memory(trainer, first, batch_size, memory_bytes, device_memory, say):
-  from t5x_ext import memory_plan
+  from t5x_ext.training import memory_plan
 
   if memory_bytes is not None:
     label = f"device_memory = {device_memory!r}"
@@ -249,7 +251,7 @@ def _plan_memory(trainer, first, batch_size, memory_bytes, device_memory, say):
 
 
 def _print_samples(trainer, params, mixture_or_task_name, lengths, *, per_mode, decode_len, say):
-  from t5x_ext import run_data
+  from t5x_ext.data import providers as run_data
 
   provider = run_data.get_provider(mixture_or_task_name)
   vocab = run_data.vocabulary_of(provider)
@@ -331,7 +333,7 @@ def train(
     logical_axis_rules: logical-to-mesh axis rules.
     optimizer: an optax transformation, or a factory called with `learning_rate=` (gin:
       `@optimizers.make_optimizer`); default Adafactor.
-    learning_rate: float or schedule (`t5x_ext.schedules`); logged as `learning_rate`.
+    learning_rate: float or schedule (`t5x_ext.training.schedules`); logged as `learning_rate`.
     num_microbatches: gradient accumulation over this many microbatches per step.
     seed: seed of parameter init, dropout and the data pipeline.
     checkpoint_every: save every this many steps (and at the end).
@@ -357,7 +359,7 @@ def train(
     evaluator_num_examples: validation examples decoded for the task's SeqIO metrics, when
       the task has any (EVALUATOR_NUM_EXAMPLES); 0: none, None: all.
     plan_memory: before the first step, compile the train step and print its per-device
-      memory plan (`t5x_ext.memory_plan`); fail when it exceeds `device_memory`. The run then
+      memory plan (`t5x_ext.training.memory_plan`); fail when it exceeds `device_memory`. The run then
       executes that compiled step, so the plan costs no extra compile.
     device_memory: usable memory of one device, in bytes or as text ('16GiB', '80GB');
       default: what the runtime reports (`bytes_limit` on GPU/TPU; nothing on CPU, where the
@@ -372,7 +374,7 @@ def train(
       than `device_memory`, before any step runs or checkpoint is written.
     checkpointing.NonFiniteStateError / trainer.NonFiniteLossError: when training diverges.
   """
-  from t5x_ext import run_data  # data side, imported only here
+  from t5x_ext.data import providers as run_data  # data side, imported only here
 
   # ---- checks, cheapest first; nothing is compiled before they all pass.
   train_steps = entry.positive_int("TRAIN_STEPS", train_steps)
@@ -598,7 +600,7 @@ def _check_model_dir(model_dir: str) -> None:
 
 
 def main(argv=None) -> TrainResult:
-  """Runs `train` configured by gin flags (see `t5x_ext.cli`).
+  """Runs `train` configured by gin flags (see `t5x_ext.launch.flags`).
 
   Args:
     argv: command-line arguments (default `sys.argv[1:]`).
@@ -607,7 +609,7 @@ def main(argv=None) -> TrainResult:
     The `TrainResult`.
   """
   import gin
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   def around(fn):
     model_dir = cli.macro_value("MODEL_DIR")
@@ -640,7 +642,7 @@ if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
   # Run through the importable module, not `__main__`, so gin files that configure
   # `t5x_ext.train.train` bind the function that runs.
-  from t5x_ext import cli as _cli
   from t5x_ext import train as _train_module
+  from t5x_ext.launch import flags as _cli
 
   _cli.main_guard(_train_module.main)

@@ -10,8 +10,8 @@ import os
 import signal
 import sys
 
-from t5x_ext import checkpointing
 from t5x_ext import train as train_lib
+from t5x_ext.training import checkpointing
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ import subprocess
 # The CLI's micro model: gin/local/ul2_tiny.gin shrunk, on a data x fsdp mesh.
 MICRO_FLAGS = [
   "--gin_file=local/ul2_tiny.gin",
-  "--gin.t5x_ext.network.TransformerConfig.emb_dim=32",
-  "--gin.t5x_ext.network.TransformerConfig.num_heads=2",
-  "--gin.t5x_ext.network.TransformerConfig.head_dim=16",
-  "--gin.t5x_ext.network.TransformerConfig.mlp_dim=64",
-  "--gin.t5x_ext.network.TransformerConfig.num_encoder_layers=1",
-  "--gin.t5x_ext.network.TransformerConfig.num_decoder_layers=1",
+  "--gin.t5x_ext.model.network.TransformerConfig.emb_dim=32",
+  "--gin.t5x_ext.model.network.TransformerConfig.num_heads=2",
+  "--gin.t5x_ext.model.network.TransformerConfig.head_dim=16",
+  "--gin.t5x_ext.model.network.TransformerConfig.mlp_dim=64",
+  "--gin.t5x_ext.model.network.TransformerConfig.num_encoder_layers=1",
+  "--gin.t5x_ext.model.network.TransformerConfig.num_decoder_layers=1",
   "--gin.VOCAB_SIZE=128",
   "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}",
   "--gin.BATCH_SIZE=8",
@@ -50,7 +50,7 @@ def _reset_peak_rss() -> bool:
 def _real_batch(model, lengths, batch_size):
   import numpy as np
 
-  from t5x_ext import memory_plan
+  from t5x_ext.training import memory_plan
 
   rng = np.random.default_rng(0)
   batch = {}
@@ -73,8 +73,8 @@ def _live_bytes_on(device) -> int:
 
 
 def _trainer(model, mesh_shape, devices):
-  from t5x_ext import optimizers, partitioning
-  from t5x_ext.trainer import Trainer
+  from t5x_ext.training import optimizers, partitioning
+  from t5x_ext.training.trainer import Trainer
 
   mesh = partitioning.make_mesh(mesh_shape, devices=devices)
   return Trainer(model, optimizers.make_optimizer("adafactor", learning_rate=0.01), mesh)
@@ -84,7 +84,8 @@ def real_run_on_one_device(report):
   """Temporaries big enough (~170 MB) to see in the process's peak RSS during one step."""
   import jax
 
-  from t5x_ext import memory_plan, models, network
+  from t5x_ext.model import models, network
+  from t5x_ext.training import memory_plan
 
   config = network.TransformerConfig(
     vocab_size=2048,
@@ -125,7 +126,9 @@ def real_run_sharded(report):
   import jax
 
   import gin
-  from t5x_ext import cli, memory_plan, plan
+  from t5x_ext import plan
+  from t5x_ext.launch import flags as cli
+  from t5x_ext.training import memory_plan
 
   _, gin_args = plan.parse_flags(MICRO_FLAGS)
   cli.parse_gin(gin_args.gin_files, gin_args.gin_bindings)

@@ -22,7 +22,7 @@ MESHES = {
 def tiny_model():
   """The model of gin/local/tiny_model.gin, built through gin and then cleared."""
   import gin
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   cli.parse_gin(["local/tiny_model.gin"])
   model = copy.deepcopy(gin.query_parameter("MODEL/macro.value"))
@@ -32,7 +32,8 @@ def tiny_model():
 
 def train_losses(model_dir, mesh_shape, steps=5, batch_size=8, **kwargs):
   """Trains `steps` steps and returns (losses per step, TrainResult)."""
-  from t5x_ext import metrics, train
+  from t5x_ext import train
+  from t5x_ext.training import metric_writers as metrics
 
   result = train.train(
     model=tiny_model(),
@@ -55,7 +56,7 @@ def train_losses(model_dir, mesh_shape, steps=5, batch_size=8, **kwargs):
 def main(out_dir: str) -> None:
   import jax
 
-  from t5x_ext import partitioning
+  from t5x_ext.training import partitioning
 
   report = {"devices": jax.device_count(), "losses": {}, "replicated": {}, "big_params": {}}
   for name, mesh in MESHES.items():

@@ -11,7 +11,7 @@ import time
 
 import jax.numpy as jnp
 
-from t5x_ext import checkpointing
+from t5x_ext.training import checkpointing
 
 
 def _state(step):

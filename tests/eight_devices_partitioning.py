@@ -15,7 +15,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from t5x_ext import axes, checkpointing, network, optimizers, partitioning
+from t5x_ext.model import axes, network
+from t5x_ext.training import checkpointing, optimizers, partitioning
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (simulated) devices")
 

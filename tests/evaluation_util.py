@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5x_ext import network
+from t5x_ext.model import network
 
 CONFIG = network.TransformerConfig(
   vocab_size=8192,

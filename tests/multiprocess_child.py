@@ -27,7 +27,10 @@ from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from t5x_ext import checkpointing, partitioning  # noqa: E402
+from t5x_ext.training import (  # noqa: E402
+  checkpointing,
+  partitioning,
+)
 
 assert jax.process_count() == 2 and jax.device_count() == 4, (
   jax.process_count(),

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 from tiny_network import tiny_config
 
-from t5x_ext import models, network
+from t5x_ext.model import models, network
 from t5x_ext.t5x_ckpt import names, t5x_format
 
 # The tiny network with UL2's gated SiLU MLP; 16 is its relative-position max distance,

@@ -173,7 +173,7 @@ def test_summary_uses_each_runs_own_rank_prefix():
 
 
 def test_bad_settings_fail_before_training(tmp_path):
-  from t5x_ext import models, network
+  from t5x_ext.model import models, network
 
   cfg = network.TransformerConfig(
     vocab_size=8192, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=1,
@@ -192,7 +192,7 @@ def test_bad_settings_fail_before_training(tmp_path):
 
 
 def test_decoder_only_twin_is_compute_matched():
-  from t5x_ext import models, network
+  from t5x_ext.model import models, network
 
   cfg = network.TransformerConfig(
     vocab_size=512, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=3,

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_ext import layers, models
+from t5x_ext.model import layers, models
 from tests import tiny_network
 
 ATTEND = functools.partial(jax.nn.dot_product_attention, scale=1.0)

@@ -1,5 +1,5 @@
 """A failed checkpoint save stops training at once, with one message, and leaves the last
-complete checkpoint as it was (t5x_ext.checkpointing.Checkpointer.check_save_errors)."""
+complete checkpoint as it was (t5x_ext.training.checkpointing.Checkpointer.check_save_errors)."""
 
 import errno
 import logging
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from orbax.checkpoint._src.path import async_path
 
-from t5x_ext import checkpointing
+from t5x_ext.training import checkpointing
 
 
 def _state(v):

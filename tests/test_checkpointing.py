@@ -17,7 +17,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from t5x_ext import checkpointing, optimizers
+from t5x_ext.training import checkpointing, optimizers
 
 HERE = os.path.dirname(__file__)
 CHILD = os.path.join(HERE, "checkpoint_child.py")
@@ -124,7 +124,7 @@ def test_incomplete_checkpoint_is_skipped_with_a_warning(tmp_path, caplog):
   partial = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1795820000"
   (partial / "state").mkdir(parents=True)
   (partial / "state" / "junk").write_text("half written")
-  with caplog.at_level(logging.WARNING, logger="t5x_ext.checkpointing"):
+  with caplog.at_level(logging.WARNING, logger="t5x_ext.training.checkpointing"):
     ckpt = _checkpointer(tmp_path, save_interval_steps=1)
   assert "Skipping incomplete checkpoint" in caplog.text and "6.orbax-checkpoint-tmp" in caplog.text
   _, data, step = ckpt.restore_latest(_abstract(_state(0)))
@@ -148,7 +148,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
   (state_dir / "manifest.ocdbt").unlink()
 
   ckpt = _checkpointer(tmp_path, save_interval_steps=1, max_to_keep=3)
-  with caplog.at_level(logging.WARNING, logger="t5x_ext.checkpointing"):
+  with caplog.at_level(logging.WARNING, logger="t5x_ext.training.checkpointing"):
     restored, data, step = ckpt.restore_latest(_abstract(_state(0)))
   assert (step, data) == (1, {"batches": 1})
   _assert_trees_equal(restored, _state(1, scale=1.0))
@@ -248,7 +248,7 @@ def test_process_killed_during_an_async_save_restarts_from_the_last_complete_one
   assert "saving step 2" in proc.stdout
   leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()]
   assert "1" in leftovers and "2" not in leftovers, leftovers
-  with caplog.at_level(logging.WARNING, logger="t5x_ext.checkpointing"):
+  with caplog.at_level(logging.WARNING, logger="t5x_ext.training.checkpointing"):
     ckpt = _checkpointer(tmp_path)
   assert any(".orbax-checkpoint-tmp" in name for name in leftovers) == (
     "Skipping incomplete checkpoint" in caplog.text

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import gin
-from t5x_ext import cli
+from t5x_ext.launch import flags as cli
 from tests.conftest import REPO_ROOT
 
 

@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-from t5x_ext import checkpointing, cli, run_lock
+from t5x_ext.launch import flags as cli
+from t5x_ext.training import checkpointing, run_lock
 
 
 def _status(main_fn):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_ext import decoding, models, network
+from t5x_ext.model import decoding, models, network
 from tests.tiny_network import tiny_config
 
 

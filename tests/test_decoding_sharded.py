@@ -26,7 +26,8 @@ def _main():
   import jax
   import numpy as np
 
-  from t5x_ext import models, partitioning
+  from t5x_ext.model import models
+  from t5x_ext.training import partitioning
   from tests.tiny_network import tiny_config
 
   assert jax.device_count() == 8, jax.devices()

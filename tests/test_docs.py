@@ -153,7 +153,7 @@ def _model_rows():
 @pytest.mark.parametrize("row", _model_rows(), ids=lambda r: _code(r[0]))
 def test_model_table_matches_the_parsed_config(row):
   import gin
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   gin_file = _code(row[0])
   cli.parse_gin([gin_file])

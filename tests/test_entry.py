@@ -1,4 +1,4 @@
-"""The entry points' shared scaffold (`t5x_ext.entry`): several processes decoding a split.
+"""The entry points' shared scaffold (`t5x_ext.launch.scaffold`): several processes decoding a split.
 
 Two processes are simulated by two threads that share one CPU device: `entry.allgather`, the
 scaffold's one collective, is replaced by a barrier that stacks both threads' arrays. Each
@@ -19,9 +19,11 @@ import tensorflow as tf
 from tiny_network import tiny_config
 
 import tasks  # noqa: F401 - registered before conftest snapshots the registries
-from t5x_ext import entry, models, partitioning
 from t5x_ext import eval as eval_lib
-from t5x_ext.trainer import Trainer
+from t5x_ext.launch import scaffold as entry
+from t5x_ext.model import models
+from t5x_ext.training import partitioning
+from t5x_ext.training.trainer import Trainer
 
 LENGTHS = {"inputs": 16, "targets": 6}
 NUM_EXAMPLES = 13  # 7 + 6 over two shards: one shard has a batch more than the other

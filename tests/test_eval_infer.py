@@ -18,9 +18,10 @@ import seqio
 import gin
 from t5x_ext import eval as eval_lib
 from t5x_ext import infer as infer_lib
-from t5x_ext import metrics, run_data
 from t5x_ext import train as train_lib
 from t5x_ext.data import pipeline
+from t5x_ext.data import providers as run_data
+from t5x_ext.training import metric_writers as metrics
 
 TASK = "pydocs_topic_classification_v1"
 COMMON = [

@@ -13,9 +13,10 @@ import pytest
 from evaluation_util import CONFIG, save_random_params
 
 import gin
-from t5x_ext import cli, models
 from t5x_ext import eval as eval_lib
 from t5x_ext.evaluation import suite
+from t5x_ext.launch import flags as cli
+from t5x_ext.model import models
 
 LENGTHS = "{'inputs': 96, 'targets': 48}"
 

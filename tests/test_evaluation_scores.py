@@ -11,10 +11,11 @@ import pytest
 from evaluation_util import CONFIG, save_random_params
 
 from t5x_ext import eval as eval_lib
-from t5x_ext import models, objectives
+from t5x_ext import objectives
 from t5x_ext.evaluation import examples as ex_lib
 from t5x_ext.evaluation import mode_matrix, suite
 from t5x_ext.evaluation import rank_classification as rank_lib
+from t5x_ext.model import models
 from tasks import evaluation as eval_tasks
 
 LENGTHS = {"inputs": 96, "targets": 48}

@@ -1,8 +1,9 @@
-"""A macro set on the command line that nothing reads is an error (t5x_ext.gin_checks)."""
+"""A macro set on the command line that nothing reads is an error (t5x_ext.launch.gin_checks)."""
 
 import pytest
 
-from t5x_ext import cli, gin_checks
+from t5x_ext.launch import flags as cli
+from t5x_ext.launch import gin_checks
 
 
 def test_typod_macro_is_rejected_with_the_close_name():

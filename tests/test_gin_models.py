@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import gin
-from t5x_ext import cli, models
+from t5x_ext.launch import flags as cli
+from t5x_ext.model import models
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 MODEL_FILES = sorted(

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 import gin
-from t5x_ext import cli
+from t5x_ext.launch import flags as cli
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 ALL_FILES = sorted(p.relative_to(GIN_DIR).as_posix() for p in GIN_DIR.rglob("*.gin"))
@@ -36,7 +36,7 @@ def _files_for(name: str) -> list[str]:
 def _parse_keeping_own_macros(name: str) -> None:
   """Parses a file with MACROS only for what it leaves unset, so an experiment's own task
   and lengths are what the test sees (not the stand-ins of MACROS)."""
-  from t5x_ext import gin_checks
+  from t5x_ext.launch import gin_checks
 
   cli.parse_gin(_files_for(name))
   read = gin_checks.read_macros()
@@ -164,7 +164,7 @@ def test_experiment_task_fits_its_own_lengths(name, monkeypatch, request):
   with the task's vocabulary, vocabulary <= VOCAB_SIZE)."""
   import seqio
 
-  from t5x_ext import run_data
+  from t5x_ext.data import providers as run_data
 
   _parse_keeping_own_macros(name)
   task_name = cli.macro_value("MIXTURE_OR_TASK_NAME")

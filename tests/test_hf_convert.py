@@ -15,8 +15,9 @@ import jax  # noqa: E402
 from hf_util import UL2, tokens  # noqa: E402
 
 import gin  # noqa: E402
-from t5x_ext import checkpointing, models  # noqa: E402
 from t5x_ext.hf import convert, load_hf_t5, torch_reference  # noqa: E402
+from t5x_ext.model import models  # noqa: E402
+from t5x_ext.training import checkpointing
 
 
 @pytest.fixture

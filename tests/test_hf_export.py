@@ -23,9 +23,12 @@ import jax  # noqa: E402
 import ml_dtypes  # noqa: E402
 from hf_util import T5_1_0, T5_1_1, UL2  # noqa: E402
 
-from t5x_ext import models, network  # noqa: E402
 from t5x_ext.hf import convert, export, hf_config, load_hf_params, torch_reference  # noqa: E402
 from t5x_ext.hf.safetensors_io import INDEX_FILE, read_state_dict  # noqa: E402
+from t5x_ext.model import (  # noqa: E402
+  models,
+  network,
+)
 
 PIECES, EXTRA_IDS, VOCAB = 200, 100, 384
 MODES = ("[NLU]", "[NLG]", "[S2S]")
@@ -269,7 +272,8 @@ def test_convert_then_export_cli_round_trip(tmp_path):
 def test_export_cli_from_a_model_dir(tmp_path, spm_path):
   """A MODEL_DIR as `t5x_ext.train` leaves it: config.gin + checkpoints/<step>/state."""
   import gin
-  from t5x_ext import checkpointing, cli
+  from t5x_ext.launch import flags as cli
+  from t5x_ext.training import checkpointing
 
   cli.parse_gin(["local/tiny_model.gin"], ["network.TransformerConfig.num_decoder_layers = 1"])
   model_dir = tmp_path / "run"
@@ -413,8 +417,8 @@ def test_parse_size():
 
 DECODER_ONLY_GIN = """
 from __gin__ import dynamic_registration
-from t5x_ext import models
-from t5x_ext import network
+from t5x_ext.model import models
+from t5x_ext.model import network
 
 MODEL = @models.DecoderOnlyModel()
 models.DecoderOnlyModel.config = @network.TransformerConfig()

@@ -15,9 +15,11 @@ import pytest
 
 import gin
 import tasks
-from t5x_ext import cli, objectives, prompts
 from t5x_ext import infer as infer_lib
+from t5x_ext import objectives
 from t5x_ext import train as train_lib
+from t5x_ext.data import prompts
+from t5x_ext.launch import flags as cli
 
 TASK = "pydocs_topic_classification_v1"
 LENGTHS = "{'inputs': 32, 'targets': 6}"

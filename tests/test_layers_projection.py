@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_ext import layers
+from t5x_ext.model import layers
 
 CASES = [
   ("bld,dhe->blhe", (2, 3, 8), (8, 4, 5), ("embed", "heads", "kv")),

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_ext import losses, models
+from t5x_ext.model import losses, models
 from tests.tiny_network import tiny_config
 
 

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 
-from t5x_ext import metrics
+from t5x_ext.training import metric_writers as metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_ext import axes, layers, network
+from t5x_ext.model import axes, layers, network
 from tests import tiny_network
 
 

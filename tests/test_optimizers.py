@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from t5x_ext import optimizers
+from t5x_ext.training import optimizers
 
 
 def _rms(x):
@@ -255,8 +255,8 @@ def test_accumulation_weighting_follows_the_models_loss_normalisation():
 
 
 def test_accumulation_equals_the_full_batch_for_the_real_encoder_decoder():
-  models = pytest.importorskip("t5x_ext.models")
-  from t5x_ext import network
+  models = pytest.importorskip("t5x_ext.model.models")
+  from t5x_ext.model import network
 
   cfg = network.TransformerConfig(
     vocab_size=128,
@@ -373,7 +373,7 @@ def test_adafactor_update_of_a_kernel_is_optax_on_its_matrix_view():
 def test_factored_statistics_of_a_kernel_view_are_sharded_like_its_axes():
   from jax.sharding import PartitionSpec as P
 
-  from t5x_ext import partitioning
+  from t5x_ext.training import partitioning
 
   derived = partitioning._derived_spec
   # query kernel [embed, heads, head_dim] sharded (data, model, -), factored as

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gin
-from t5x_ext import optimizers, schedules
+from t5x_ext.training import optimizers, schedules
 
 
 def _values(schedule, steps):
@@ -99,8 +99,8 @@ def test_gin_binds_the_optimizer_factory_and_schedules():
   gin.parse_config(
     """
     from __gin__ import dynamic_registration
-    from t5x_ext import optimizers
-    from t5x_ext import schedules
+    from t5x_ext.training import optimizers
+    from t5x_ext.training import schedules
 
     LEARNING_RATE = @schedules.warmup_stable_decay_schedule()
     schedules.warmup_stable_decay_schedule:

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_ext import axes, partitioning
+from t5x_ext.model import axes
+from t5x_ext.training import partitioning
 
 HERE = os.path.dirname(__file__)
 

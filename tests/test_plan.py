@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from t5x_ext import memory_plan
-from t5x_ext.memory_plan import GiB
+from t5x_ext.training import memory_plan
+from t5x_ext.training.memory_plan import GiB
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_ext import models
+from t5x_ext.model import models
 from tests.tiny_network import tiny_config
 
 DECODE_LEN = 5

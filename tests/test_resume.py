@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from t5x_ext import metrics
 from t5x_ext import train as train_lib
+from t5x_ext.training import metric_writers as metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The main job's file with a small task and short sequences, so that each run takes seconds.

@@ -1,4 +1,4 @@
-"""One writer per MODEL_DIR: t5x_ext.run_lock."""
+"""One writer per MODEL_DIR: t5x_ext.training.run_lock."""
 
 import os
 import signal
@@ -8,12 +8,12 @@ import textwrap
 
 import pytest
 
-from t5x_ext import run_lock
+from t5x_ext.training import run_lock
 
 _HOLDER = textwrap.dedent(
   """
   import sys, time
-  from t5x_ext import run_lock
+  from t5x_ext.training import run_lock
   run_lock.RunLock(sys.argv[1]).acquire()
   print("locked", flush=True)
   time.sleep(120)

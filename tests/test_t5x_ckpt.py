@@ -23,7 +23,7 @@ from t5x_ckpt_util import (
 )
 
 import gin
-from t5x_ext import checkpointing, network
+from t5x_ext.model import network
 from t5x_ext.t5x_ckpt import (
   GinValues,
   ParamMismatchError,
@@ -33,6 +33,7 @@ from t5x_ext.t5x_ckpt import (
   names,
   t5x_format,
 )
+from t5x_ext.training import checkpointing
 
 CONFIG = tiny_config(**UL2_TINY, relative_attention_max_distance=16)
 
@@ -288,7 +289,7 @@ def test_released_ul2_20b_layout_fits_the_ul2_20b_gin_model():
       stored[f"{prefix}/mlp/wo/kernel"] = (f, d)
   refs = {n: _ShapeOnly(n, s) for n, s in stored.items()}
   gin.clear_config()
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   cli.parse_gin(["models/ul2/ul2_20b.gin"], [])
   model = gin.query_parameter("%MODEL").scoped_configurable_fn()

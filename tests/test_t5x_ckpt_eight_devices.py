@@ -18,8 +18,9 @@ from t5x_ckpt_util import (
   write_fixture,
 )
 
-from t5x_ext import checkpointing, network, partitioning
+from t5x_ext.model import network
 from t5x_ext.t5x_ckpt import t5x_format
+from t5x_ext.training import checkpointing, partitioning
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (simulated) devices")
 

@@ -3,6 +3,7 @@
 import ast
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ OBJECTIVE_NAMES = (
 LENGTHS = {"inputs": 128, "targets": 128}
 
 
-def test_corpus_is_deterministic_and_split():
+def test_corpus_is_deterministic_and_split(monkeypatch):
   docs = corpus.documents()
   assert len(docs) > 300
   ids = [d["id"] for d in docs]
@@ -39,8 +40,29 @@ def test_corpus_is_deterministic_and_split():
   assert any(d["source"] == "json" for d in docs)
   # Rebuilding from scratch gives the same corpus as the cached one.
   rebuilt = corpus._build_documents()
-  assert [d["id"] for d in rebuilt] == ids
-  assert corpus.corpus_fingerprint() == corpus.corpus_fingerprint()
+  assert rebuilt == list(docs)
+  # The fingerprint is a function of the corpus text: the rebuilt corpus gives the same one
+  # (not the memoised value), and one changed character or id gives another.
+  fingerprint = corpus.corpus_fingerprint()
+  assert re.fullmatch("[0-9a-f]{16}", fingerprint), fingerprint
+
+  def fingerprint_of(documents):
+    monkeypatch.setattr(corpus, "documents", lambda: tuple(documents))
+    corpus.corpus_fingerprint.cache_clear()
+    return corpus.corpus_fingerprint()
+
+  i = len(rebuilt) // 2
+  try:
+    assert fingerprint_of(rebuilt) == fingerprint
+    changed_text = {**rebuilt[i], "text": rebuilt[i]["text"] + "#"}
+    assert fingerprint_of([*rebuilt[:i], changed_text, *rebuilt[i + 1 :]]) != fingerprint
+    changed_id = {**rebuilt[i], "id": rebuilt[i]["id"] + "#"}
+    assert fingerprint_of([*rebuilt[:i], changed_id, *rebuilt[i + 1 :]]) != fingerprint
+    assert fingerprint_of(rebuilt[:-1]) != fingerprint
+  finally:
+    monkeypatch.undo()
+    corpus.corpus_fingerprint.cache_clear()
+  assert corpus.corpus_fingerprint() == fingerprint
   with pytest.raises(ValueError, match="split='test'"):
     corpus.split_documents("test")
 

@@ -1,11 +1,11 @@
-"""TensorBoard shows each step once after a resume (t5x_ext.tensorboard_events)."""
+"""TensorBoard shows each step once after a resume (t5x_ext.training.tensorboard_events)."""
 
 import collections
 
 from clu import metric_writers
 from tensorboard.backend.event_processing import event_accumulator
 
-from t5x_ext import tensorboard_events
+from t5x_ext.training import tensorboard_events
 
 
 def _write(logdir, steps):

@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 
-from t5x_ext import cli, run_data
 from t5x_ext import train as train_lib
+from t5x_ext.data import providers as run_data
+from t5x_ext.launch import flags as cli
 
 INFER_FLAGS = [
   "--gin_file=runs/infer.gin",

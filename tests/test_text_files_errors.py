@@ -10,8 +10,8 @@ import sys
 import pytest
 
 import tasks
-from t5x_ext import cli
 from t5x_ext.data import pipeline
+from t5x_ext.launch import flags as cli
 from tasks import text_files
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()

@@ -8,8 +8,8 @@ import copy
 import pytest
 
 import gin
-from t5x_ext import cli
 from t5x_ext import train as train_lib
+from t5x_ext.launch import flags as cli
 
 
 def test_decoder_only_prefix_lm_trains_and_samples(tmp_path):

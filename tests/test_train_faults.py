@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from t5x_ext import cli
+from t5x_ext.launch import flags as cli
 
 _CHEAP = [
   "--gin_file=local/ul2_tiny.gin",

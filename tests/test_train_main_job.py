@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 
-from t5x_ext import metrics
 from t5x_ext import train as train_lib
+from t5x_ext.training import metric_writers as metrics
 
 
 def test_three_steps_of_the_main_job(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""train() plans the train step's memory before the first step (`t5x_ext.memory_plan`).
+"""train() plans the train step's memory before the first step (`t5x_ext.training.memory_plan`).
 
 A run whose `device_memory` is too small stops before any step or checkpoint, with a message
 naming the setting and the numbers. That a normal run prints the plan, and then runs the very
@@ -12,9 +12,9 @@ import re
 import pytest
 
 import tasks  # noqa: F401 - registered before conftest snapshots the registries
-from t5x_ext import memory_plan
 from t5x_ext import train as train_lib
-from t5x_ext.trainer import Trainer
+from t5x_ext.training import memory_plan
+from t5x_ext.training.trainer import Trainer
 
 FLAGS = [
   "--gin_file=local/tiny_model.gin",

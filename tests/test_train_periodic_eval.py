@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from t5x_ext import eval as eval_lib
-from t5x_ext import metrics, periodic_eval
 from t5x_ext import train as train_lib
+from t5x_ext.evaluation import periodic as periodic_eval
+from t5x_ext.training import metric_writers as metrics
 from tests._toy_model import ToyModel
 
 TASK = "pydocs_ul2r_mod_v1"  # R [NLU], X [NLG], S [S2S]

@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from t5x_ext import metrics as metrics_lib
-from t5x_ext import partitioning
-from t5x_ext.loop import Prefetcher, train_loop
-from t5x_ext.trainer import NonFiniteLossError, Trainer
+from t5x_ext.training import metric_writers as metrics_lib
+from t5x_ext.training import partitioning
+from t5x_ext.training.loop import Prefetcher, train_loop
+from t5x_ext.training.trainer import NonFiniteLossError, Trainer
 from tests._toy_model import ToyModel, toy_batch
 
 NAMES = ("R", "X", "S")
@@ -199,7 +199,7 @@ def test_summarize_mfu_and_peak_table():
 
 def test_accumulation_weighting_follows_the_loss_normalisation():
   # One definition (optimizers.accumulation_weighting); the Trainer picks it at construction.
-  from t5x_ext import trainer as trainer_lib
+  from t5x_ext.training import trainer as trainer_lib
 
   assert not hasattr(trainer_lib, "accumulation_weighting")
   mesh = partitioning.make_mesh({"data": 1})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from t5x_ext import network
+from t5x_ext.model import network
 
 TINY = dict(
   vocab_size=64,

@@ -2,7 +2,7 @@
 [--gin_file FILE ...] [--gin.KEY=VALUE ...]`: print decoded examples and statistics.
 
 Gin is parsed here only (the library stays gin-free), with the entry points' parser
-(`t5x_ext.cli.parse_gin`: the project's `gin/` directory is on the include path). Gin files may
+(`t5x_ext.launch.flags.parse_gin`: the project's `gin/` directory is on the include path). Gin files may
 be this project's run or experiment files: the macros `MIXTURE_OR_TASK_NAME` and
 `TASK_FEATURE_LENGTHS` (when set) give the defaults of `--task`, `--inputs`, `--targets`.
 The task factories are configurable by gin here as `c4_tasks.register`, `text_files.register`
@@ -45,7 +45,7 @@ def _parse_gin(files, bindings):
   """Parses gin and returns (task name, lengths) macros if defined."""
   import gin
   import tasks
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
   from tasks import c4, text_files
 
   c4_register = gin.external_configurable(c4.register, "c4_tasks.register")

@@ -114,7 +114,7 @@ def family_examples(
     logging.warning("Evaluation suite: no %s denoiser fits %s; family skipped.", family, lengths)
     return []
   name = eval_tasks.register_family_task(corpus, family, denoisers=chosen)
-  from t5x_ext.run_data import get_provider
+  from t5x_ext.data.providers import get_provider
 
   task = get_provider(name)
   if split not in task.splits:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from t5x_ext import partitioning
+from t5x_ext.training import partitioning
 
 CLASSIFICATION_LENGTHS = {"inputs": 192, "targets": 8}
 GENERATION_LENGTHS = {"inputs": 160, "targets": 48}

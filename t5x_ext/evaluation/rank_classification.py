@@ -24,8 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_ext import partitioning
-from t5x_ext.trainer import METRIC_ONLY_FEATURES
+from t5x_ext.training import partitioning
+from t5x_ext.training.trainer import METRIC_ONLY_FEATURES
 
 
 class Scorer:

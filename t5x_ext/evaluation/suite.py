@@ -42,10 +42,10 @@ from typing import Any
 
 import jax
 
-from t5x_ext import partitioning
 from t5x_ext.evaluation import mode_matrix, report
 from t5x_ext.evaluation import probes as probes_lib
 from t5x_ext.evaluation import rank_classification as rank_lib
+from t5x_ext.training import partitioning
 
 FAMILIES = mode_matrix.FAMILIES
 PREFIXES = mode_matrix.COLUMNS

@@ -7,6 +7,6 @@ Modules:
   ablation_report.py  aggregation over seeds, relative change against the baseline, the
                       Markdown table and the figure
 
-Experiments use only the public functions of `t5x_ext.train`, `t5x_ext.eval`, `t5x_ext.models`
+Experiments use only the public functions of `t5x_ext.train`, `t5x_ext.eval`, `t5x_ext.model.models`
 and `t5x_ext.evaluation`; nothing here is imported by the library.
 """

@@ -142,7 +142,7 @@ def _split_by_part(results: Mapping[str, float], parts: Sequence[str]) -> dict[s
 
 
 def _check_corpus(corpus: str, names: Sequence[str]) -> None:
-  from t5x_ext import run_data
+  from t5x_ext.data import providers as run_data
 
   for name in names:
     try:
@@ -473,7 +473,7 @@ def run_ablation(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  """Runs `run_ablation` configured by gin flags (see `t5x_ext.cli`).
+  """Runs `run_ablation` configured by gin flags (see `t5x_ext.launch.flags`).
 
   Args:
     argv: command-line arguments (default `sys.argv[1:]`).
@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     The ablation record.
   """
   import gin
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   def configured():
     try:

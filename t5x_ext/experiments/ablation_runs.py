@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from t5x_ext import models
+from t5x_ext.model import models
 
 ENCODER_DECODER = "encoder_decoder"
 DECODER_ONLY = "decoder_only"

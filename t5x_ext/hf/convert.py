@@ -6,13 +6,13 @@
 writes
 
   OUT/params/     Orbax `StandardCheckpointer` tree `{'params': params}` (float32), which
-                  `t5x_ext.checkpointing.restore_params` reads for fine-tuning
+                  `t5x_ext.training.checkpointing.restore_params` reads for fine-tuning
   OUT/model.gin   the model as a gin model file (defines `MODEL` and `VOCAB_SIZE`), so a
                   run can `include` it instead of a `gin/models/...` file
   OUT/hf_config.json  the source config.json, for reference
 
 The parameter layout follows `--scan_layers`, which the written model.gin records; a run
-must keep it (or convert with `t5x_ext.network.stack_layer_params`/`unstack_layer_params`).
+must keep it (or convert with `t5x_ext.model.network.stack_layer_params`/`unstack_layer_params`).
 """
 
 from __future__ import annotations

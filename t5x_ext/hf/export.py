@@ -4,7 +4,7 @@
       [--max_shard_size=5GB] [--gin_file=model.gin ...] [--gin_bindings=B ...]
       [--vocabulary=spm.model|none] [--extra_ids=100] [--mode_token_ids=JSON]
 
-`PATH` is anything `t5x_ext.checkpointing.restore_params` reads: a MODEL_DIR, one step
+`PATH` is anything `t5x_ext.training.checkpointing.restore_params` reads: a MODEL_DIR, one step
 directory, or the output of `python -m t5x_ext.hf.convert`. The model comes from the gin
 files given, else from the nearest `config.gin` (written by `t5x_ext.train` into MODEL_DIR)
 or `model.gin` (written by the converter) at or above PATH. OUT receives
@@ -42,12 +42,12 @@ import flax.linen as nn
 import ml_dtypes
 import numpy as np
 
-from t5x_ext import network
 from t5x_ext.hf import names
 from t5x_ext.hf.flax_params import config_to_spec
 from t5x_ext.hf.hf_config import CONFIG_FILE, to_hf_config
 from t5x_ext.hf.safetensors_io import INDEX_FILE, SINGLE_FILE, write_safetensors
 from t5x_ext.hf.tokenizer import write_tokenizer
+from t5x_ext.model import network
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 GENERATION_CONFIG = "generation_config.json"
@@ -85,7 +85,7 @@ def parse_size(size: int | str) -> int:
 
 def _config_and_eos(model_or_config: Any) -> tuple[network.TransformerConfig, int]:
   """The network config and EOS id of a model or config, refusing decoder-only ones."""
-  from t5x_ext import models
+  from t5x_ext.model import models
 
   if isinstance(model_or_config, models.DecoderOnlyModel) or (
     isinstance(model_or_config, network.TransformerConfig) and model_or_config.decoder_only
@@ -327,7 +327,7 @@ def model_from_gin(gin_files: list[str], bindings: list[str] = ()) -> Any:
     ValueError: when the files do not bind `MODEL`.
   """
   import gin
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   cli.parse_gin(gin_files, bindings)
   ref = cli.macro_value("MODEL")
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
   )
   args = parser.parse_args(argv)
   try:
-    from t5x_ext import checkpointing
+    from t5x_ext.training import checkpointing
 
     mode_ids = json.loads(args.mode_token_ids) if args.mode_token_ids else None
     gin_files = args.gin_files or [str(find_gin_file(args.checkpoint))]

@@ -1,7 +1,7 @@
-"""Per-layer Transformers T5 weights -> the parameter tree of `t5x_ext.network`.
+"""Per-layer Transformers T5 weights -> the parameter tree of `t5x_ext.model.network`.
 
 `spec_to_config` chooses the `TransformerConfig` that reproduces a Transformers T5, and
-`to_flax_params` fills that network's parameter tree (layout in `t5x_ext.network`'s
+`to_flax_params` fills that network's parameter tree (layout in `t5x_ext.model.network`'s
 docstring). The output layer follows `HFT5Spec`:
 
 | Transformers checkpoint                 | here                                         |
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from t5x_ext import network
 from t5x_ext.hf import names
 from t5x_ext.hf.hf_config import HFT5Spec
 from t5x_ext.hf.hf_weights import fold_logit_scale
+from t5x_ext.model import network
 
 # The second activation of a gated MLP (T5.1.1: ('gelu', 'linear')).
 _GATED_SECOND = "linear"

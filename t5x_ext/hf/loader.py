@@ -8,11 +8,11 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
-from t5x_ext import models, network
 from t5x_ext.hf import flax_params
 from t5x_ext.hf.hf_config import HFT5Spec, read_hf_config
 from t5x_ext.hf.hf_weights import canonical_weights
 from t5x_ext.hf.safetensors_io import read_state_dict
+from t5x_ext.model import models, network
 
 
 class ImportedT5Model(models.EncoderDecoderModel):

@@ -8,7 +8,7 @@ t5x_ckpt.write_checkpoint(model_dir, step, t5x_ckpt.to_t5x_names(params))  # T5X
 ```
 
 `python -m t5x_ext.t5x_ckpt.convert --t5x_checkpoint=DIR --output_dir=OUT` writes this
-project's layout (params + model.gin); `t5x_ext.checkpointing.restore_params` (fine-tuning's
+project's layout (params + model.gin); `t5x_ext.training.checkpointing.restore_params` (fine-tuning's
 `INITIAL_CHECKPOINT_PATH`, eval's `CHECKPOINT_PATH`) accepts a T5X checkpoint directly.
 Name map and namings: `t5x_ext.t5x_ckpt.names`; format: `t5x_ext.t5x_ckpt.t5x_format`;
 docs/t5x_checkpoints.md. Nothing is downloaded: users copy released checkpoints themselves.

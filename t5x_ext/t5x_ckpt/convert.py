@@ -6,7 +6,7 @@
 writes what `python -m t5x_ext.hf.convert` writes:
 
   OUT/params/       Orbax PyTree checkpoint `{'params': params}` (float32), which
-                    `t5x_ext.checkpointing.restore_params` reads
+                    `t5x_ext.training.checkpointing.restore_params` reads
   OUT/model.gin     the network as a gin model file (defines `MODEL` and `VOCAB_SIZE`)
   OUT/t5x_config.gin  the source's config.gin, when one lay beside the checkpoint
 
@@ -135,7 +135,7 @@ def model_shapes(config) -> dict[str, tuple[int, ...]]:
   import jax
   import jax.numpy as jnp
 
-  from t5x_ext import network
+  from t5x_ext.model import network
 
   tokens = jnp.ones((1, 4), jnp.int32)
   abstract = jax.eval_shape(

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from t5x_ext import network
+from t5x_ext.model import network
 
 _BLOCK = re.compile(r"^([A-Za-z_][\w./]*)\s*:\s*$")
 _BINDING = re.compile(r"^([A-Za-z_][\w./]*)\s*=\s*(.*)$", re.S)

@@ -1,4 +1,4 @@
-"""The name map between T5X checkpoints and `t5x_ext.network`'s parameter tree.
+"""The name map between T5X checkpoints and `t5x_ext.model.network`'s parameter tree.
 
 Two namings occur in T5X checkpoints of T5.1.1/UL2 encoder-decoders:
 
@@ -354,7 +354,7 @@ def to_t5x_names(
   Returns:
     The flat dict, numpy arrays in the params' dtype.
   """
-  from t5x_ext import network
+  from t5x_ext.model import network
 
   if naming not in NAMINGS:
     raise ValueError(f"naming={naming!r}: expected one of {NAMINGS}")

@@ -5,7 +5,7 @@
 just that slice from the zarr array (TensorStore reads only the chunks it touches). Each host
 thus reads only what its own devices hold, and no host ever holds the whole model; a
 parameter replicated over several devices is read once per host. This is what
-`t5x_ext.checkpointing.restore_params` (fine-tuning's `INITIAL_CHECKPOINT_PATH`, eval's
+`t5x_ext.training.checkpointing.restore_params` (fine-tuning's `INITIAL_CHECKPOINT_PATH`, eval's
 `CHECKPOINT_PATH`) does when given a T5X checkpoint.
 """
 

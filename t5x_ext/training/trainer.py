@@ -7,7 +7,7 @@ Shapes: B batch, LT target length, K number of denoisers.
   state, metrics = trainer.train_step(state, trainer.shard_batch(numpy_batch))
   metrics = trainer.eval_step(state.params, trainer.shard_batch(numpy_batch))
 
-`metrics` are replicated device arrays of sums (see `t5x_ext.metrics` for what is logged):
+`metrics` are replicated device arrays of sums (see `t5x_ext.training.metric_writers` for what is logged):
 `loss` (the optimised scalar), `loss_sum`, `cross_entropy_sum`, `z_loss_sum`, `correct`,
 `num_tokens`, `denoiser_loss_sum` [K], `denoiser_tokens` [K], `learning_rate`, `grad_norm`.
 
@@ -15,7 +15,7 @@ Per-denoiser losses come from the model's per-token loss `token_loss` [B, LT] gr
 batch's `decoder_denoiser_ids` [B, LT] (0 on padding, k + 1 for denoiser k), reduced to K
 sums inside the step so that only K numbers leave the devices.
 
-The training loop (checkpoints, logging, NaN stop) is `t5x_ext.loop.train_loop`; this module
+The training loop (checkpoints, logging, NaN stop) is `t5x_ext.training.loop.train_loop`; this module
 holds what is jitted. Never imports TensorFlow or gin.
 """
 
@@ -33,7 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from t5x_ext import optimizers, partitioning
+from t5x_ext.training import optimizers, partitioning
 
 # Features the data side adds for metrics only; the networks never see them.
 METRIC_ONLY_FEATURES = ("decoder_denoiser_ids",)

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_ext import partitioning
+from t5x_ext.training import partitioning
 
 GiB = 2**30
 _UNITS = {
@@ -369,7 +369,7 @@ def plan_train_step(trainer: Any, batch: Mapping[str, Any]) -> Plan:
   executable stays in `trainer.compiled_train_step`, and `trainer.train_step` runs it.
 
   Args:
-    trainer: a `t5x_ext.trainer.Trainer`.
+    trainer: a `t5x_ext.training.trainer.Trainer`.
     batch: the GLOBAL batch (numpy arrays or `jax.ShapeDtypeStruct`s; only shapes are read).
 
   Returns:

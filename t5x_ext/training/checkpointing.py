@@ -9,7 +9,7 @@ A checkpoint (one directory per step) holds two items:
           written by the primary process only, so it must be the same on every process (e.g.
           "batches consumed"); each process derives its own shard from it.
 
-Typical loop (`t5x_ext.loop.train_loop` does this):
+Typical loop (`t5x_ext.training.loop.train_loop` does this):
 
     ckpt = Checkpointer(model_dir, save_interval_steps=1000, max_to_keep=3)
     restored = ckpt.restore_latest(abstract_state)      # None on a fresh start

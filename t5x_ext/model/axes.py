@@ -1,8 +1,8 @@
 """Logical axis names shared by the networks and the partitioning rules.
 
-Every parameter of `t5x_ext.network` is created through `nn.with_logical_partitioning` with
+Every parameter of `t5x_ext.model.network` is created through `nn.with_logical_partitioning` with
 names from this module, and activations get `nn.with_logical_constraint` at block
-boundaries. `t5x_ext.partitioning` maps these names onto the mesh axes
+boundaries. `t5x_ext.training.partitioning` maps these names onto the mesh axes
 ('data', 'fsdp', 'model'); nothing here knows about a mesh.
 """
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import jax
 
-from t5x_ext import metrics as metrics_lib
-from t5x_ext.trainer import NonFiniteLossError, Trainer, TrainState
+from t5x_ext.training import metric_writers as metrics_lib
+from t5x_ext.training.trainer import NonFiniteLossError, Trainer, TrainState
 
 _END = object()
 

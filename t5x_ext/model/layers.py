@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_ext import axes
+from t5x_ext.model import axes
 
 Array = jax.Array
 

@@ -2,7 +2,7 @@
 
 Three steps every entry point takes, written once:
 
-  main        `run(entry_points, argv)`: flags and gin files (`t5x_ext.cli`), the function the
+  main        `run(entry_points, argv)`: flags and gin files (`t5x_ext.launch.flags`), the function the
               gin files configure, its required macros, MIXTURE_OR_TASK_MODULE, then the call
   start-up    `prepare(model, task, lengths, batch_size=..., mesh_shape=...)`: the checks,
               cheapest first (batch size, mesh, task, lengths against the objectives, split),
@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from t5x_ext import partitioning
+from t5x_ext.training import partitioning
 
 # ------------------------------------------------------------------------------- main
 
@@ -84,7 +84,7 @@ def configured_function(fn: Callable[..., Any]) -> Callable[..., Any] | None:
 
 def _pick(entry_points: Sequence[EntryPoint]) -> tuple[EntryPoint, Callable[..., Any]]:
   import gin
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   for ep in entry_points:
     fn = configured_function(ep.fn)
@@ -126,7 +126,7 @@ def run(
     ValueError: naming an unset required macro, or when the gin files configure none of
       `entry_points` (naming the run files to include).
   """
-  from t5x_ext import cli
+  from t5x_ext.launch import flags as cli
 
   cli.setup(argv)
   ep, fn = _pick(entry_points)
@@ -219,7 +219,7 @@ def prepare(
     ValueError: naming the setting and its value (BATCH_SIZE, MESH_SHAPE, NUM_MICROBATCHES,
       MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, VOCAB_SIZE, the split).
   """
-  from t5x_ext import run_data  # data side, imported only here
+  from t5x_ext.data import providers as run_data  # data side, imported only here
 
   batch_size = positive_int("BATCH_SIZE", batch_size)
   mesh = partitioning.make_mesh(mesh_shape)

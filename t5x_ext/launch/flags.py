@@ -31,9 +31,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import gin
-from t5x_ext import gin_checks
+from t5x_ext.launch import gin_checks
 
-PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]  # t5x_ext/
 
 
 def gin_search_paths() -> list[str]:
@@ -341,7 +341,7 @@ def run(configured_main, argv: Sequence[str] | None = None, *, required_macros=(
   """Parses flags and gin, checks required macros, imports MIXTURE_OR_TASK_MODULE, then
   calls `configured_main()`.
 
-  The entry points use `t5x_ext.entry.run`, which also picks the configured function.
+  The entry points use `t5x_ext.launch.scaffold.run`, which also picks the configured function.
 
   Args:
     configured_main: a zero-argument callable that reads everything from gin.
@@ -377,7 +377,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
   Returns:
     Exception types whose message is shown without a traceback.
   """
-  from t5x_ext import checkpointing, run_lock
+  from t5x_ext.training import checkpointing, run_lock
 
   return (*USER_ERRORS, run_lock.RunLockError, checkpointing.CheckpointSaveError)
 
