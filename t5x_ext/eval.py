@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from t5x_ext.launch import scaffold as entry
-from t5x_ext.training import checkpointing, partitioning
+from t5x_ext.training import checkpointing, hosts, partitioning
 from t5x_ext.training import metric_writers as metrics_lib
 from t5x_ext.training.trainer import Trainer
 
@@ -164,11 +164,11 @@ def _seqio_metrics(
       seed=seed,
       shard_id=shard_id,
       num_shards=num_shards,
-      max_examples=entry.shard_share(max_examples, shard_id, num_shards),
+      max_examples=hosts.shard_share(max_examples, shard_id, num_shards),
     )
     targets, predictions, scores = [], [], []
-    for examples, batch in entry.lockstep(pairs, lambda z=zeros: ([], z)):
-      pred, sc = entry.predict(
+    for examples, batch in hosts.lockstep(pairs, lambda z=zeros: ([], z)):
+      pred, sc = hosts.predict(
         trainer,
         params,
         batch,
@@ -187,7 +187,7 @@ def _seqio_metrics(
     # Every process gets every shard's results once, and computes the same metrics.
     targets, predictions, scores = (
       [x for part in parts for x in part]
-      for parts in zip(*entry.gather_shards((targets, predictions, scores), shard_id))
+      for parts in zip(*hosts.gather_shards((targets, predictions, scores), shard_id))
     )
     for fn in predict_fns:
       for k, v in fn(targets, predictions).items():
@@ -282,7 +282,7 @@ def evaluate(
     local = itertools.islice(local, max_batches)
   # Shards of unequal length: the shorter ones run zero batches (no loss weight) meanwhile.
   zeros = {k: np.zeros_like(v) for k, v in first.items()}
-  batches = entry.lockstep(local, lambda: zeros)
+  batches = hosts.lockstep(local, lambda: zeros)
   results: dict[str, Any] = {"step": checkpoint_step(source) or 0}
   tf_metrics = _teacher_forced(
     trainer,

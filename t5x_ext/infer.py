@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from t5x_ext.launch import scaffold as entry
-from t5x_ext.training import partitioning
+from t5x_ext.training import hosts, partitioning
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 DECODE_METHODS = ("greedy", "sample", "beam")
@@ -167,7 +167,7 @@ def infer(
       seed=seed,
       shard_id=shard_id,
       num_shards=num_shards,
-      max_examples=entry.shard_share(max_examples, shard_id, num_shards),
+      max_examples=hosts.shard_share(max_examples, shard_id, num_shards),
     )
     # Shards of unequal length: one that runs out decodes zero rows (written nowhere) until
     # the others are done, since each decode is one computation over all processes.
@@ -175,7 +175,7 @@ def infer(
       k: np.zeros(v.shape, v.dtype)
       for k, v in memory_plan.abstract_batch(model, lengths, local_rows, pack=False).items()
     }
-    batches = entry.lockstep(pairs, lambda: ([], zeros))
+    batches = hosts.lockstep(pairs, lambda: ([], zeros))
   if print_predictions is None:
     print_predictions = use_prompts
   trainer = params = None
@@ -243,7 +243,7 @@ def predict(
   Returns:
     `(tokens [rows, decode_len], scores [rows] or None)` for this process's rows.
   """
-  return entry.predict(trainer, params, batch, rng, with_scores=with_scores, **decode_kw)
+  return hosts.predict(trainer, params, batch, rng, with_scores=with_scores, **decode_kw)
 
 
 def _record(index: int, ex: Mapping[str, Any], pred_row, vocab, score) -> dict[str, Any]:

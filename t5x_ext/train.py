@@ -40,6 +40,7 @@ from t5x_ext.evaluation import periodic as periodic_eval
 from t5x_ext.launch import scaffold as entry
 from t5x_ext.training import (
   checkpointing,
+  hosts,
   loop,
   optimizers,
   partitioning,
@@ -265,7 +266,7 @@ def _print_samples(trainer, params, mixture_or_task_name, lengths, *, per_mode, 
   if not examples:
     say("No validation examples with [NLU]/[NLG]/[S2S] prefixes to show.")
     return []
-  predictions, _ = entry.predict(trainer, params, batch, decode_len=decode_len)
+  predictions, _ = hosts.predict(trainer, params, batch, decode_len=decode_len)
   samples = []
   say("\nDenoised samples (greedy decoding):")
   for ex, row, pred in zip(examples, batch["decoder_target_tokens"], predictions):

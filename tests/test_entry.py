@@ -1,6 +1,6 @@
-"""The entry points' shared scaffold (`t5x_ext.launch.scaffold`): several processes decoding a split.
+"""Several processes decoding a split (`t5x_ext.training.hosts`, used by eval and infer).
 
-Two processes are simulated by two threads that share one CPU device: `entry.allgather`, the
+Two processes are simulated by two threads that share one CPU device: `hosts.allgather`, the
 scaffold's one collective, is replaced by a barrier that stacks both threads' arrays. Each
 thread decodes its own shard; the SeqIO metric must see every example of the split exactly
 once, on both processes.
@@ -20,9 +20,8 @@ from tiny_network import tiny_config
 
 import tasks  # noqa: F401 - registered before conftest snapshots the registries
 from t5x_ext import eval as eval_lib
-from t5x_ext.launch import scaffold as entry
 from t5x_ext.model import models
-from t5x_ext.training import partitioning
+from t5x_ext.training import hosts, partitioning
 from t5x_ext.training.trainer import Trainer
 
 LENGTHS = {"inputs": 16, "targets": 6}
@@ -72,7 +71,7 @@ def numbers_task():
 
 @pytest.fixture
 def two_processes(monkeypatch):
-  """Runs `fn(shard_id)` in threads "p0" and "p1" with `entry.allgather` across them."""
+  """Runs `fn(shard_id)` in threads "p0" and "p1" with `hosts.allgather` across them."""
   barrier, slots = threading.Barrier(2, timeout=60), {}
 
   def allgather(x):
@@ -85,7 +84,7 @@ def two_processes(monkeypatch):
     barrier.wait()
     return out
 
-  monkeypatch.setattr(entry, "allgather", allgather)
+  monkeypatch.setattr(hosts, "allgather", allgather)
 
   def run(fn):
     results, errors = {}, []
@@ -150,14 +149,14 @@ def test_each_process_decodes_its_shard_and_metrics_see_the_split_once(
   assert len(set(ref_targets)) == NUM_EXAMPLES
 
   decoded: dict[str, list[int]] = {"p0": [], "p1": []}
-  predict = entry.predict
+  predict = hosts.predict
 
   def counting_predict(trainer, params, batch, *args, **kwargs):
     rows = batch["encoder_input_tokens"]
     decoded[threading.current_thread().name].append(int(np.sum(rows.any(axis=1))))
     return predict(trainer, params, batch, *args, **kwargs)
 
-  monkeypatch.setattr(entry, "predict", counting_predict)
+  monkeypatch.setattr(hosts, "predict", counting_predict)
   results = two_processes(lambda s: _metrics(trainer, params, task, (s, 2)))
   # Both processes report the metric of the whole split, computed on all 13 examples once.
   assert results == {0: single, 1: single}
@@ -183,23 +182,23 @@ def test_max_examples_is_shared_between_the_processes(
 
 def test_gather_keeps_one_copy_per_shard(two_processes):
   # Processes 0 and 1 are replicas (same shard): their results count once.
-  results = two_processes(lambda s: entry.gather_shards([f"from {s}"], 0))
+  results = two_processes(lambda s: hosts.gather_shards([f"from {s}"], 0))
   assert results[0] == results[1] == [["from 0"]]
-  results = two_processes(lambda s: entry.gather_shards({"rows": s}, 1 - s))
+  results = two_processes(lambda s: hosts.gather_shards({"rows": s}, 1 - s))
   assert results[0] == results[1] == [{"rows": 1}, {"rows": 0}]
 
 
 def test_lockstep_pads_the_shorter_shard(two_processes):
   items = {0: [1, 2, 3], 1: [4]}
-  results = two_processes(lambda s: list(entry.lockstep(items[s], lambda: 0)))
+  results = two_processes(lambda s: list(hosts.lockstep(items[s], lambda: 0)))
   assert results == {0: [1, 2, 3], 1: [4, 0, 0]}
 
 
 def test_one_process_needs_no_collective():
-  assert list(entry.lockstep([1, 2], lambda: 0)) == [1, 2]
-  assert entry.gather_shards("x", 0) == ["x"]
-  assert [entry.shard_share(13, s, 2) for s in (0, 1)] == [7, 6]
-  assert entry.shard_share(None, 0, 2) is None
+  assert list(hosts.lockstep([1, 2], lambda: 0)) == [1, 2]
+  assert hosts.gather_shards("x", 0) == ["x"]
+  assert [hosts.shard_share(13, s, 2) for s in (0, 1)] == [7, 6]
+  assert hosts.shard_share(None, 0, 2) is None
 
 
 def test_main_names_what_to_include_when_nothing_is_configured():

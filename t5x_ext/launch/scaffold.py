@@ -1,21 +1,16 @@
 """The scaffold `t5x_ext.train`, `t5x_ext.eval` and `t5x_ext.infer` share.
 
-Three steps every entry point takes, written once:
+Two steps every entry point takes, written once:
 
-  main        `run(entry_points, argv)`: flags and gin files (`t5x_ext.launch.flags`), the function the
-              gin files configure, its required macros, MIXTURE_OR_TASK_MODULE, then the call
+  main        `run(entry_points, argv)`: flags and gin files (`t5x_ext.launch.flags`), the
+              function the gin files configure, its required macros, MIXTURE_OR_TASK_MODULE,
+              then the call
   start-up    `prepare(model, task, lengths, batch_size=..., mesh_shape=...)`: the checks,
               cheapest first (batch size, mesh, task, lengths against the objectives, split),
               and this process's shard of every global batch (`RunSetup`)
-  prediction  `predict(trainer, params, batch)`: drop the denoiser ids, place this process's
-              rows on the mesh, decode and/or score under the logical-axis rules, and return
-              this process's rows
 
-and the multi-process part of decoding a split: each process reads its own shard of the
-examples; `lockstep` keeps the processes' batches in step (a shorter shard is padded, since
-one decode is one global computation), and `gather_shards` brings every shard's results to
-every process, once per shard, so that metrics see the whole split exactly once. The only
-collective is `allgather` (a test replaces it to simulate several processes in one).
+Decoding on the mesh and the multi-process helpers (`predict`, `lockstep`, `gather_shards`)
+live in `t5x_ext.training.hosts`, since the evaluation uses them too.
 
 Library code: `run` imports gin only when called (the entry points' `main`); the data side
 (TensorFlow) is imported inside `prepare`.
@@ -24,11 +19,9 @@ Library code: `run` imports gin only when called (the entry points' `main`); the
 from __future__ import annotations
 
 import dataclasses
-import pickle
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -249,152 +242,3 @@ def prepare(
     shard_id=shard_id,
     num_shards=num_shards,
   )
-
-
-# -------------------------------------------------------------------------- prediction
-
-
-def local_rows(x: Any) -> np.ndarray:
-  """This process's rows of a global batch-sharded array, in order.
-
-  Args:
-    x: a global `jax.Array` (or anything `jax.device_get` takes).
-
-  Returns:
-    A numpy array of this process's rows (all rows on one process).
-  """
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    seen, rows = set(), []
-    for s in shards:
-      start = s.index[0].start or 0
-      if start not in seen:
-        seen.add(start)
-        rows.append(np.asarray(s.data))
-    return np.concatenate(rows)
-  return np.asarray(jax.device_get(x))
-
-
-def predict(
-  trainer: Any,
-  params: Any,
-  batch: Mapping[str, np.ndarray],
-  rng: jax.Array | None = None,
-  *,
-  decode: bool = True,
-  with_scores: bool = False,
-  **decode_kw: Any,
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-  """Decodes and/or scores one process-local numpy batch on the trainer's mesh.
-
-  Every process calls it with the same number of rows at the same time (one global
-  computation); see `lockstep`.
-
-  Args:
-    trainer: a `Trainer` (its mesh, rules, model and `shard_batch`).
-    params: the sharded params.
-    batch: this process's rows (`decoder_denoiser_ids` is dropped: the model does not read it).
-    rng: sampling key (greedy and beam search ignore it).
-    decode: decode (`model.predict_batch`).
-    with_scores: score the targets (`model.score_batch`).
-    **decode_kw: `predict_batch` keywords (decode_len, method, temperature, ...).
-
-  Returns:
-    `(tokens [rows, decode_len] or None, scores [rows] or None)`, this process's rows.
-  """
-  model_batch = {k: v for k, v in batch.items() if k != "decoder_denoiser_ids"}
-  global_batch = trainer.shard_batch(model_batch)
-  pred = scores = None
-  with partitioning.axis_rules(trainer.mesh, trainer.rules):
-    if decode:
-      pred = trainer.model.predict_batch(params, global_batch, rng, **decode_kw)
-    if with_scores:
-      scores = trainer.model.score_batch(params, global_batch)
-  return (
-    None if pred is None else local_rows(pred),
-    None if scores is None else local_rows(scores),
-  )
-
-
-# ------------------------------------------------------------------ several processes
-
-
-def allgather(x: np.ndarray) -> np.ndarray:
-  """Every process's `x`, stacked in process order (the one collective of this module).
-
-  Args:
-    x: a numpy array of the same shape and dtype on every process.
-
-  Returns:
-    `[process_count, *x.shape]`.
-  """
-  if jax.process_count() == 1:
-    return np.asarray(x)[None]
-  from jax.experimental import multihost_utils
-
-  return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
-
-
-def lockstep(items: Iterable[Any], pad: Callable[[], Any]) -> Iterator[Any]:
-  """This process's items while any process still has one; `pad()` once this one is out.
-
-  The processes agree on every step (`allgather`), so a shard with fewer batches runs the
-  same global computations as the longest one, on padding.
-
-  Args:
-    items: this process's (finite) items, e.g. `(examples, batch)` pairs.
-    pad: makes the item of a process that has run out (e.g. `([], zero_batch)`).
-
-  Yields:
-    This process's items, then padding until every process has run out.
-  """
-  it = iter(items)
-  while True:
-    item = next(it, None)
-    have = allgather(np.asarray(item is not None, np.int32))
-    if not np.any(have):
-      return
-    yield pad() if item is None else item
-
-
-def gather_shards(payload: Any, shard_id: int) -> list[Any]:
-  """Every shard's `payload` (any picklable value) on every process, once per shard.
-
-  Processes that are replicas along the batch (same `shard_id`) send the same payload; one
-  copy is kept, so results gathered from a split count each example once.
-
-  Args:
-    payload: this process's results.
-    shard_id: this process's shard (`partitioning.process_batch_shard`).
-
-  Returns:
-    The payloads, ordered by shard id.
-  """
-  data = np.frombuffer(pickle.dumps((int(shard_id), payload)), np.uint8)
-  sizes = allgather(np.asarray(data.size, np.int32)).reshape(-1)
-  if sizes.size == 1:
-    return [payload]
-  buf = np.zeros(int(sizes.max()), np.uint8)
-  buf[: data.size] = data
-  rows = allgather(buf)
-  by_shard: dict[int, Any] = {}
-  for row, size in zip(rows, sizes):
-    sid, value = pickle.loads(row[: int(size)].tobytes())
-    by_shard.setdefault(sid, value)
-  return [by_shard[k] for k in sorted(by_shard)]
-
-
-def shard_share(total: int | None, shard_id: int, num_shards: int) -> int | None:
-  """This shard's part of `total` examples (the first `total % num_shards` get one more).
-
-  Args:
-    total: examples over all shards (None: all).
-    shard_id: this shard.
-    num_shards: the number of shards.
-
-  Returns:
-    The examples this shard takes, or None for all.
-  """
-  if total is None:
-    return None
-  return total // num_shards + (1 if shard_id < total % num_shards else 0)
