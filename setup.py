@@ -35,6 +35,10 @@ EXTRAS = {
     "torch==2.13.0",
     "transformers==5.24.0",
     "safetensors>=0.4",
+    # A MODEL_DIR in a bucket (tests/gcs_emulator.py): a GCS emulator, and gcsfs, through
+    # which etils.epath reaches gs:// when STORAGE_EMULATOR_HOST names an emulator.
+    "gcp-storage-emulator==2026.7.19",
+    "gcsfs==2026.10.1",
   ],
   # babel..rouge-score make `t5.data.preprocessors` importable for the UL2-appendix
   # baseline of bench/data_throughput.py; t5 itself must be installed without its
