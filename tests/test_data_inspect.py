@@ -1,15 +1,18 @@
 """Tests of the data inspector (`python -m t5x_ext.data inspect`)."""
 
+import collections
 import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
+import seqio
 
-import tasks  # noqa: F401
+import tasks
 from t5x_ext.data import __main__ as cli
 from t5x_ext.data import inspect
+from tasks import pretraining
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,9 +27,8 @@ def test_render_marks_sentinels_and_eos():
 
 
 def test_statistics_match_the_denoisers():
-  rows = inspect.denoiser_statistics(
-    "pydocs_ul2_mod_v1", {"inputs": 512, "targets": 512}, num_examples=400, seed=0
-  )
+  lengths = {"inputs": 512, "targets": 512}
+  rows = inspect.denoiser_statistics("pydocs_ul2_mod_v1", lengths, num_examples=400, seed=0)
   by_name = {r["name"]: r for r in rows}
   assert set(by_name) == {d.name for d in tasks.OBJECTIVES["ul2_mod"]}
   for name in ("R_mu3_r0.15", "X_mu3_r0.5"):
@@ -35,7 +37,14 @@ def test_statistics_match_the_denoisers():
     assert abs(r["mean_span_length"] - 3) < 0.5, r
     assert r["inputs_max"] <= 512 and r["targets_max"] <= 512
   assert by_name["S"]["mean_span_length"] is None
-  assert abs(sum(r["share"] for r in rows) - 1) < 1e-9
+  # The counts behind the shares, from the task's own stream of the same 400 examples.
+  task = seqio.get_mixture_or_task("pydocs_ul2_mod_v1")
+  ds = task.get_dataset(lengths, split="train", shuffle=False, seed=0, num_epochs=None)
+  counts = collections.Counter(int(ex["denoiser_id"]) for ex in ds.take(400).as_numpy_iterator())
+  names = [d.name for d in pretraining.task_denoisers(task)]
+  assert {r["name"]: r["examples"] for r in rows} == {names[k]: n for k, n in counts.items()}
+  for r in rows:
+    assert r["share"] == counts[names.index(r["name"])] / 400, r
   for r in rows:  # 400 examples: a loose bound (the objectives' tests check +-3% at scale)
     assert abs(r["share"] - r["spec_share"]) < 0.08, r
   assert {r["mode"] for r in rows} == {"[NLU]", "[NLG]", "[S2S]"}
