@@ -49,7 +49,11 @@ def test_cli_runs_the_suite_and_writes_json(tmp_path, capsys):
     assert math.isfinite(results[f"family_loss/{f}"])
     # A random model: the loss is about log(vocab) (8192 ids), whatever the prefix.
     assert 7.0 < results[f"family_loss/{f}"] < 11.0
-    assert results[f"family_loss/{f}"] == results[f"mode_matrix/{f}/{suite.FAMILY_MODES[f]}"]
+    # family_loss reads the family's own prefix column of the matrix, and the prefix reaches
+    # the model: the columns of one family (the same examples) all differ.
+    row = {c: results[f"mode_matrix/{f}/{c}"] for c in suite.PREFIXES}
+    assert len(set(row.values())) == len(row), row
+    assert results[f"family_loss/{f}"] == row[suite.FAMILY_MODES[f]], row
   # At 96 input positions the X(mu=64) denoisers do not fit and are skipped.
   assert "denoiser_loss/X_mu3_r0.5" in results and "denoiser_loss/X_mu64_r0.5" not in results
   record = json.loads((tmp_path / "metrics" / suite.RESULTS_FILE).read_text())
