@@ -6,11 +6,18 @@ through `STORAGE_EMULATOR_HOST` as Google's clients reach an emulator.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
 
+from t5x_ext.training import run_lock
 from tests.gcs_emulator import gcs_emulator  # noqa: F401 (the fixture)
 
 
@@ -56,3 +63,86 @@ def test_orbax_checkpoints_reach_the_emulator(gcs_emulator, empty_cwd):  # noqa:
   assert f"{prefix}/checkpoints/7/_CHECKPOINT_METADATA" in names
   assert any(n.startswith(f"{prefix}/checkpoints/7/state/") and "ocdbt" in n for n in names)
   assert os.listdir(empty_cwd) == []
+
+
+# ---- the run lock on an object store: a lease
+
+_LEASE_HOLDER = textwrap.dedent(
+  """
+  import sys, time
+  from t5x_ext.training import run_lock
+  run_lock.RunLock(sys.argv[1]).acquire()
+  print("locked", flush=True)
+  time.sleep(120)
+  """
+)
+
+
+def _start_lease_holder(model_dir, env):
+  proc = subprocess.Popen(
+    [sys.executable, "-c", _LEASE_HOLDER, model_dir],
+    stdout=subprocess.PIPE,
+    text=True,
+    env={**_base_env(), **env},
+  )
+  assert proc.stdout.readline().strip() == "locked"
+  return proc
+
+
+def _base_env():
+  """This process's environment without the client settings the fixture added.
+
+  A subprocess gets only STORAGE_EMULATOR_HOST, as a user's shell would: the library
+  derives the rest (t5x_ext.training.run_paths).
+  """
+  drop = {"EPATH_USE_TF", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "TENSORSTORE_GCS_HTTP_URL"}
+  return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def _lease_file(root):
+  from etils import epath
+
+  return epath.Path(root) / run_lock.LOCK_NAME
+
+
+def test_lease_refuses_a_second_run_and_is_deleted_on_release(gcs_emulator):  # noqa: F811
+  root = gcs_emulator.fresh_prefix("lease")
+  proc = _start_lease_holder(root, gcs_emulator.env)
+  try:
+    held = json.loads(_lease_file(root).read_text())
+    assert held["pid"] == proc.pid and held["host"] == socket.gethostname()
+    with pytest.raises(run_lock.RunLockError, match=rf"in use by another run \(pid {proc.pid} "):
+      run_lock.RunLock(root).acquire()
+  finally:
+    proc.kill()
+    proc.wait(timeout=30)
+  # The holder was killed on this host: its lease is taken over at once, not after lease_s.
+  lock = run_lock.RunLock(root)
+  with lock:
+    assert lock.took_over is not None and lock.took_over["pid"] == proc.pid
+    with pytest.raises(run_lock.RunLockError, match=f"pid {os.getpid()}"):
+      run_lock.RunLock(root).acquire()  # a second lock in the same process is refused too
+  assert not _lease_file(root).exists()
+  assert run_lock.RunLock(root).acquire().took_over is None  # released cleanly: no takeover
+
+
+def test_lease_of_another_host_holds_until_it_lapses(gcs_emulator, caplog):  # noqa: F811
+  root = gcs_emulator.fresh_prefix("lease")
+  other = {"pid": 4242, "host": "another-vm", "started": "2026-01-01T00:00:00+00:00"}
+  lease = _lease_file(root)
+  lease.parent.mkdir(parents=True, exist_ok=True)
+  lease.write_text(json.dumps({**other, "renewed_unix": time.time() - 10, "lease_s": 120}))
+  with pytest.raises(run_lock.RunLockError, match="pid 4242 on another-vm.*renewed 1[0-9] s ago"):
+    run_lock.RunLock(root).acquire()
+  lease.write_text(json.dumps({**other, "renewed_unix": time.time() - 200, "lease_s": 120}))
+  with caplog.at_level("WARNING"), run_lock.RunLock(root) as lock:
+    assert lock.took_over["host"] == "another-vm"
+  assert "stopped renewing it" in caplog.text
+
+
+def test_lease_is_renewed_while_held(gcs_emulator):  # noqa: F811
+  root = gcs_emulator.fresh_prefix("lease")
+  with run_lock.RunLock(root, lease_s=0.4):
+    first = json.loads(_lease_file(root).read_text())["renewed_unix"]
+    time.sleep(0.5)
+    assert json.loads(_lease_file(root).read_text())["renewed_unix"] > first

@@ -28,12 +28,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
+from t5x_ext.training import run_paths
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets; used for the MFU estimate
 # when the caller does not pass one. Matched on a lower-cased substring of `device_kind`.
@@ -194,22 +195,31 @@ class JsonlWriter:
   def __init__(self, path: str | os.PathLike, *, truncate_after: int | None = None):
     """Opens (and creates) the file.
 
+    On an object store (`gs://...`), which has no append, the writer keeps the file's text
+    and uploads it whole at each `flush` (a few KB per thousand steps).
+
     Args:
-      path: the JSONL file.
+      path: the JSONL file (local or `scheme://`; see `run_paths`).
       truncate_after: drop existing lines whose `step` is larger than this.
     """
-    self.path = pathlib.Path(path)
+    self.path = run_paths.path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    if truncate_after is not None and self.path.exists():
+    existing = self.path.read_text() if self.path.exists() else None
+    if truncate_after is not None and existing is not None:
       kept = []
-      for line in self.path.read_text().splitlines():
+      for line in existing.splitlines():
         try:
           if json.loads(line).get("step", 0) <= truncate_after:
             kept.append(line)
         except json.JSONDecodeError:  # a line cut short by a crash
           continue
-      self.path.write_text("".join(k + "\n" for k in kept))
-    self._f = open(self.path, "a")  # noqa: SIM115 - lives as long as the writer
+      existing = "".join(k + "\n" for k in kept)
+      self.path.write_text(existing)
+    self._remote = run_paths.is_object_store(self.path)
+    if self._remote:
+      self._text, self._dirty, self._f = [existing or ""], existing is None, None
+    else:
+      self._f = self.path.open("a")  # noqa: SIM115 - lives as long as the writer
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     """Writes `{"step": step, **scalars}` as one line; non-finite values become null.
@@ -222,15 +232,27 @@ class JsonlWriter:
     for key, value in scalars.items():
       value = float(value)
       record[key] = value if math.isfinite(value) else None
-    self._f.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if self._remote:
+      self._text.append(line)
+      self._dirty = True
+    else:
+      self._f.write(line)
 
   def flush(self) -> None:
-    """Flushes the file."""
-    self._f.flush()
+    """Flushes the file (on an object store: uploads it, when something new was written)."""
+    if not self._remote:
+      self._f.flush()
+    elif self._dirty:
+      self._text = ["".join(self._text)]
+      self.path.write_text(self._text[0])
+      self._dirty = False
 
   def close(self) -> None:
     """Closes the file."""
-    if not self._f.closed:
+    if self._remote:
+      self.flush()
+    elif not self._f.closed:
       self._f.close()
 
 
@@ -243,7 +265,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   Returns:
     One dict per line.
   """
-  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+  return [json.loads(line) for line in run_paths.path(path).read_text().splitlines() if line]
 
 
 class MultiWriter:
