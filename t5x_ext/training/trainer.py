@@ -7,6 +7,12 @@ Shapes: B batch, LT target length, K number of denoisers.
   state, metrics = trainer.train_step(state, trainer.shard_batch(numpy_batch))
   metrics = trainer.eval_step(state.params, trainer.shard_batch(numpy_batch))
 
+A subclass may train a subset of the model's parameters: `state.params` then holds the trained
+tree, `trainer.frozen` the rest (placed once, passed to every jitted step as an argument that
+is neither differentiated nor donated, so it has no gradient and no optimizer state), and
+`model_params(params, frozen, rng)` combines the two into what the model is applied with
+(`t5x_ext.peft.lora.LoraTrainer`: frozen base weights plus low-rank adapters).
+
 `metrics` are replicated device arrays of sums (see `t5x_ext.training.metric_writers` for what is logged):
 `loss` (the optimised scalar), `loss_sum`, `cross_entropy_sum`, `z_loss_sum`, `correct`,
 `num_tokens`, `denoiser_loss_sum` [K], `denoiser_tokens` [K], `learning_rate`, `grad_norm`.
@@ -21,6 +27,7 @@ holds what is jitted. Never imports TensorFlow or gin.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -95,6 +102,8 @@ class Trainer:
     state_shardings: a `TrainState` of NamedShardings (after `init_state`/`abstract_state`).
     compiled_train_step: the `jax.stages.Compiled` step of the last `compile_train_step`
       (None before), e.g. for its `memory_analysis()`; `train_step` then runs it.
+    frozen: parameters the steps read but do not train (None: the model trains them all).
+    frozen_shardings: their NamedShardings (set with `frozen`, before the first step).
   """
 
   def __init__(
@@ -142,6 +151,8 @@ class Trainer:
     self._eval_step = None
     self.compile_seconds: float | None = None
     self.compiled_train_step: jax.stages.Compiled | None = None
+    self.frozen: Any = None
+    self.frozen_shardings: Any = None
 
   # ----------------------------------------------------------------------------- state
 
@@ -152,6 +163,25 @@ class Trainer:
 
   def _init_params(self, rng, batch):
     return self.model.init_variables(rng, _model_batch(batch))["params"]
+
+  def model_params(self, params: Any, frozen: Any, rng: jax.Array | None = None) -> Any:
+    """The parameters the model is applied with, from the trained ones and `frozen`.
+
+    Here the trained params are all of them; a subclass that trains a subset overrides this.
+
+    Args:
+      params: the trained params (`state.params`).
+      frozen: `self.frozen` as the jitted step sees it.
+      rng: the step's dropout rng (None when evaluating).
+
+    Returns:
+      The model's params tree.
+    """
+    del frozen, rng
+    return params
+
+  def _loss_fn(self, frozen, params, batch, dropout_rng):
+    return self.model.loss_fn(self.model_params(params, frozen, dropout_rng), batch, dropout_rng)
 
   def abstract_state(self, batch: Mapping[str, Any]) -> TrainState:
     """The state's shapes, dtypes and shardings, without allocating it (restore target).
@@ -211,12 +241,13 @@ class Trainer:
 
   # ----------------------------------------------------------------------------- steps
 
-  def _train_step_fn(self, state: TrainState, batch):
+  def _train_step_fn(self, state: TrainState, batch, frozen=None):
     dropout_rng = jax.random.fold_in(jax.random.key(self.dropout_seed), state.step)
     # Microbatches keep `token_loss` per example (put back in batch order), so the
     # per-denoiser sums are taken once over the whole batch afterwards.
+    # Gradients are taken w.r.t. `state.params` only: `frozen` enters as a constant.
     loss, aux, grads = optimizers.accumulate_gradients(
-      self.model.loss_fn,
+      functools.partial(self._loss_fn, frozen),
       state.params,
       _model_batch(batch),
       self.num_microbatches,
@@ -233,8 +264,8 @@ class Trainer:
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
-  def _eval_step_fn(self, params, batch):
-    loss, aux = self.model.loss_fn(params, _model_batch(batch), None)
+  def _eval_step_fn(self, params, batch, frozen=None):
+    loss, aux = self._loss_fn(frozen, params, _model_batch(batch), None)
     sums = _metric_sums(aux, batch, len(self.denoiser_names))
     sums["loss"] = jnp.asarray(loss, jnp.float32)
     return sums
@@ -260,12 +291,12 @@ class Trainer:
         raise RuntimeError("Call init_state or abstract_state before train_step.")
       self._train_step = jax.jit(
         self._train_step_fn,
-        in_shardings=(self.state_shardings, self._batch_shardings(batch)),
+        in_shardings=(self.state_shardings, self._batch_shardings(batch), self.frozen_shardings),
         out_shardings=(self.state_shardings, self.replicated),
         donate_argnums=(0,),
       )
     with partitioning.axis_rules(self.mesh, self.rules):
-      return self._train_step(state, batch)
+      return self._train_step(state, batch, self.frozen)
 
   def compile_train_step(self, batch: Mapping[str, Any]) -> float:
     """Compiles the train step ahead of time for these batch shapes; returns the seconds.
@@ -284,12 +315,15 @@ class Trainer:
     start = time.perf_counter()
     jitted = jax.jit(
       self._train_step_fn,
-      in_shardings=(self.state_shardings, self._batch_shardings(batch)),
+      in_shardings=(self.state_shardings, self._batch_shardings(batch), self.frozen_shardings),
       out_shardings=(self.state_shardings, self.replicated),
       donate_argnums=(0,),
     )
     with partitioning.axis_rules(self.mesh, self.rules):
-      compiled = jitted.lower(abstract, shapes).compile()
+      frozen = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.frozen
+      )
+      compiled = jitted.lower(abstract, shapes, frozen).compile()
     self.compile_seconds = time.perf_counter() - start
     self._train_step = compiled
     self.compiled_train_step = compiled
@@ -310,8 +344,12 @@ class Trainer:
         raise RuntimeError("Call init_state or abstract_state before eval_step.")
       self._eval_step = jax.jit(
         self._eval_step_fn,
-        in_shardings=(self.state_shardings.params, self._batch_shardings(batch)),
+        in_shardings=(
+          self.state_shardings.params,
+          self._batch_shardings(batch),
+          self.frozen_shardings,
+        ),
         out_shardings=self.replicated,
       )
     with partitioning.axis_rules(self.mesh, self.rules):
-      return self._eval_step(params, batch)
+      return self._eval_step(params, batch, self.frozen)
