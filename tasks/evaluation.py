@@ -68,7 +68,7 @@ def corpus_task(corpus_name: str) -> seqio.Task:
     corpus_name: the `name_prefix` given to `register_objectives` ("pydocs", "c4", ...).
 
   Returns:
-    The task, whose source, vocabulary and text key the eval tasks reuse.
+    The task, whose source, reading steps, vocabulary and text key the eval tasks reuse.
 
   Raises:
     ValueError: nothing is registered under that prefix.
@@ -81,13 +81,6 @@ def corpus_task(corpus_name: str) -> seqio.Task:
     f"corpus={corpus_name!r}: none of {names[:3]}... is registered; register the corpus with "
     "tasks.register_text_files / tasks.pretraining.register_objectives first."
   )
-
-
-def _text_key(task: seqio.Task) -> str:
-  for p in task.preprocessors:
-    if isinstance(p, functools.partial) and p.func is seqio.preprocessors.rekey:
-      return p.keywords["key_map"]["targets"]
-  return "text"
 
 
 def mode_prefix_settings(task: seqio.Task) -> dict:
@@ -132,6 +125,10 @@ def register_family_task(
   Before/after (R, tiny): {"text": "a b c d"} -> {"inputs": [a <extra_id_0> d EOS],
   "targets": [<extra_id_0> b c EOS], "denoiser_id": 0} (no `[NLU]` in front).
 
+  The task reads the corpus as its pretraining tasks do: the same source and the same
+  reading steps (`pretraining.reading_preprocessors`: for `register_text_files` corpora the
+  step that turns numbered JSONL or text lines into documents), then the family's chain.
+
   Args:
     corpus_name: a corpus registered with `register_objectives` ("pydocs", "c4", ...).
     family: "R", "X" or "S".
@@ -148,7 +145,10 @@ def register_family_task(
   pretraining.register_task(
     name,
     source=base.source,
-    preprocessors=pretraining.denoising_preprocessors(chosen, _text_key(base)),
+    preprocessors=[
+      *pretraining.reading_preprocessors(base),
+      *pretraining.denoising_preprocessors(chosen, pretraining.text_key(base)),
+    ],
     output_features=pretraining.output_features(base.output_features["targets"].vocabulary),
     metric_fns=[],
   )

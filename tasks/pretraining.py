@@ -158,12 +158,14 @@ def register_objectives(
   mode_token_ids: Mapping[str, int] | None = None,
   version: str = VERSION,
   check_lengths: Mapping[str, int] | None = None,
+  reading_preprocessors: Sequence = (),
 ) -> list[str]:
   """Registers `<name_prefix>_<objective>_<version>` for each objective over `source`.
 
   Args:
     name_prefix: e.g. "pydocs" or "c4".
-    source: a SeqIO data source yielding `text_key` strings.
+    source: a SeqIO data source; after `reading_preprocessors` its examples hold `text_key`
+      strings.
     vocabulary: the vocabulary of `inputs` and `targets`.
     text_key: the source's text feature.
     objectives_map: objective name -> denoisers; default `OBJECTIVES` (all of them).
@@ -172,6 +174,9 @@ def register_objectives(
     version: version suffix of the names.
     check_lengths: if given, plan each objective for these feature lengths now (loads the
       vocabulary) so bad lengths fail at registration.
+    reading_preprocessors: the corpus's reading steps, run before the denoising chain (e.g.
+      `tasks.text_files`' numbered lines -> documents). Every task derived from the corpus
+      (the evaluation suite's) reuses them: see `reading_preprocessors`.
 
   Returns:
     The registered task names.
@@ -193,7 +198,10 @@ def register_objectives(
     register_task(
       name,
       source=source,
-      preprocessors=denoising_preprocessors(denoisers, text_key, mode_prefix, mode_token_ids),
+      preprocessors=[
+        *reading_preprocessors,
+        *denoising_preprocessors(denoisers, text_key, mode_prefix, mode_token_ids),
+      ],
       output_features=output_features(vocabulary),
       metric_fns=[],
     )
@@ -214,3 +222,54 @@ def task_denoisers(task: seqio.Task) -> tuple | None:
     if isinstance(p, functools.partial) and p.func is objectives.mixture_of_denoisers:
       return p.keywords.get("denoisers")
   return None
+
+
+def _denoising_start(task: seqio.Task) -> int | None:
+  """Index of the denoising chain's first step (`rekey(targets <- text)`, then `tokenize`)."""
+  steps = list(task.preprocessors)
+  for i in range(len(steps) - 2, -1, -1):
+    p = steps[i]
+    if (
+      isinstance(p, functools.partial)
+      and p.func is seqio.preprocessors.rekey
+      and set(p.keywords.get("key_map", {})) == {"targets"}
+      and steps[i + 1] is seqio.preprocessors.tokenize
+    ):
+      return i
+  return None
+
+
+def reading_preprocessors(task: seqio.Task) -> tuple:
+  """The reading steps of a corpus's task: its preprocessors before the denoising chain.
+
+  A task derived from the same corpus (another mixture, the evaluation suite's per-family
+  tasks) runs these on the corpus's source before its own chain, so it reads the corpus
+  exactly as pretraining does (JSONL or text lines -> documents, a user's filters). Example:
+  a `register_text_files` task's steps are `[lines_to_documents, rekey, tokenize, mixture]`
+  and this returns `(lines_to_documents,)`; a `pydocs` task's return `()`.
+
+  Args:
+    task: a task registered by `register_objectives` (its chain starts with
+      `rekey(targets <- text_key)` then `tokenize`).
+
+  Returns:
+    The steps before that chain (all steps if the task has no such chain).
+  """
+  start = _denoising_start(task)
+  steps = tuple(task.preprocessors)
+  return steps if start is None else steps[:start]
+
+
+def text_key(task: seqio.Task) -> str:
+  """The document feature a task's denoising chain reads (after its reading steps).
+
+  Args:
+    task: a task registered by `register_objectives`.
+
+  Returns:
+    The key its `rekey` step maps to `targets` ("text" when there is none).
+  """
+  start = _denoising_start(task)
+  if start is None:
+    return "text"
+  return task.preprocessors[start].keywords["key_map"]["targets"]

@@ -186,25 +186,18 @@ def register_text_files(
     vocabulary = seqio.SentencePieceVocabulary(vocabulary, extra_ids=extra_ids)
   _check_not_empty(splits)
   source = seqio.FileDataSource(read_file_fn=_read_numbered_lines, split_to_filepattern=splits)
-  names = pretraining.register_objectives(
+  # The source yields numbered lines; this reading step turns them into documents. It is
+  # part of every task over the corpus, the evaluation suite's included
+  # (`pretraining.reading_preprocessors`).
+  return pretraining.register_objectives(
     name_prefix,
     source,
     vocabulary,
     objectives_map=objectives,
     mode_prefix=mode_prefix,
     mode_token_ids=mode_token_ids,
+    reading_preprocessors=[_lines_to_documents(format, text_key, skip_bad_lines)],
   )
-  # The source yields numbered lines: turn them into documents before the shared chain.
-  for name in names:
-    task = seqio.get_mixture_or_task(name)
-    pretraining.register_task(
-      name,
-      source=source,
-      preprocessors=[_lines_to_documents(format, text_key, skip_bad_lines), *task.preprocessors],
-      output_features=task.output_features,
-      metric_fns=[],
-    )
-  return names
 
 
 def _guess_format(splits: Mapping[str, Sequence[str]]) -> str:
