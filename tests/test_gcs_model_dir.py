@@ -146,3 +146,37 @@ def test_lease_is_renewed_while_held(gcs_emulator):  # noqa: F811
     first = json.loads(_lease_file(root).read_text())["renewed_unix"]
     time.sleep(0.5)
     assert json.loads(_lease_file(root).read_text())["renewed_unix"] > first
+
+
+# ---- metric writers on an object store (no append there)
+
+
+def test_jsonl_and_event_writers_on_a_bucket(gcs_emulator, tmp_path):  # noqa: F811
+  """train.jsonl and the TensorBoard scalars land in the bucket, and a resume cuts them back."""
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.compat.proto import event_pb2
+
+  from t5x_ext.training import metric_writers, tensorboard_events
+
+  root = gcs_emulator.fresh_prefix("writers")
+  jsonl = metric_writers.JsonlWriter(f"{root}/metrics/train.jsonl")
+  events = tensorboard_events.ScalarEventWriter(f"{root}/tensorboard/train")
+  for step in (1, 2, 3, 4):
+    jsonl.write_scalars(step, {"loss": 1.0 / step})
+    events.write_scalars(step, {"loss": 1.0 / step})
+    if step == 2:
+      jsonl.flush()
+      events.flush()
+      assert [r["step"] for r in metric_writers.read_jsonl(f"{root}/metrics/train.jsonl")] == [1, 2]
+  jsonl.close()
+  events.close()
+  # A resume from step 3: the lines and events of step 4 go.
+  metric_writers.JsonlWriter(f"{root}/metrics/train.jsonl", truncate_after=3).close()
+  assert [r["step"] for r in metric_writers.read_jsonl(f"{root}/metrics/train.jsonl")] == [1, 2, 3]
+  assert tensorboard_events.truncate_after(f"{root}/tensorboard/train", 3) == 1
+  (name,) = [n for n in gcs_emulator.list_objects(root) if "tfevents" in n]
+  local = tmp_path / "events.out.tfevents.copy"
+  local.write_bytes(gcs_emulator.read(name))
+  records = event_file_loader.RawEventFileLoader(str(local)).Load()
+  steps = [event_pb2.Event.FromString(r).step for r in records]
+  assert steps == [0, 1, 2, 3]  # the file_version record, then the steps kept
