@@ -34,10 +34,10 @@ No state with NaN/Inf in it is ever written: `save` checks (`check_finite`) and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Mapping
@@ -50,6 +50,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from t5x_ext.training import run_paths
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +207,7 @@ class Checkpointer:
       raise ValueError(f"save_interval_steps = {save_interval_steps!r}: must be an int >= 1.")
     if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
       raise ValueError(f"max_to_keep = {max_to_keep!r}: must be an int >= 1 or None.")
-    self.directory = epath.Path(model_dir) / "checkpoints"
+    self.directory = run_paths.path(model_dir) / "checkpoints"
     self.save_interval_steps = save_interval_steps
     self._warn_incomplete()
     options = ocp.CheckpointManagerOptions(
@@ -314,7 +316,8 @@ class Checkpointer:
         if child.name.startswith(f"{step}{TMP_MARKER}") or (
           child.name == str(step) and not ocp.path.step.is_path_finalized(child)
         ):
-          shutil.rmtree(child, ignore_errors=True)
+          with contextlib.suppress(OSError):  # epath: local folders and object stores alike
+            child.rmtree()
           removed.append(child.name)
     last = self.latest_step()
     kept = (
@@ -549,7 +552,7 @@ class Checkpointer:
       corrupt.mkdir(parents=True, exist_ok=True)
       dest = corrupt / str(step)
       if dest.exists():
-        shutil.rmtree(dest)
+        dest.rmtree()
       (self.directory / str(step)).rename(dest)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
@@ -627,7 +630,7 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
 
     return restore_t5x_params(path, _to_abstract(abstract_params))
   # Orbax reads no metadata from a relative path (its metadata comes back None).
-  path = epath.Path(path if "://" in os.fspath(path) else os.path.abspath(path))
+  path = run_paths.path(path if "://" in os.fspath(path) else os.path.abspath(path))
   source, in_state = _resolve_params_source(path)
   target = _to_abstract(abstract_params)
   checkpointer = ocp.PyTreeCheckpointer()
