@@ -40,6 +40,7 @@ from typing import Any
 from etils import epath
 
 from t5x_ext.experiments import ablation_report, ablation_runs
+from t5x_ext.training import run_paths
 
 REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS")
 DEFAULT_RUNS = ("sc_ed", "plm_dec", "clm_dec", "ul2_ed", "ul2_dec", "ul2_noprefix_ed")
@@ -84,10 +85,7 @@ def _write_json(path: epath.Path, obj: Any) -> None:
   # Every process decides from the same files; only process 0 writes them.
   if not _is_chief():
     return
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-  tmp.replace(path)
+  run_paths.write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def machine_info() -> dict[str, Any]:
@@ -354,7 +352,7 @@ def run_ablation(
     corpus,
     [s.task_name(corpus, task_version) for s in specs] + [f"{corpus}_ul2_mod_{task_version}"],
   )
-  root = epath.Path(model_dir)
+  root = run_paths.path(model_dir)
   if _is_chief():
     root.mkdir(parents=True, exist_ok=True)
 
@@ -463,8 +461,10 @@ def run_ablation(
     (root / RESULTS_MD).write_text(ablation_report.markdown(record))
     if plot:
       ablation_report.plot(record, str(root / RESULTS_PNG))
-    with (root / "ablation_invocations.jsonl").open("a") as f:
-      f.write(json.dumps({"time": time.time(), **record["invocation"]}) + "\n")
+    run_paths.append_text(  # an object store has no append: the object is rewritten
+      root / "ablation_invocations.jsonl",
+      json.dumps({"time": time.time(), **record["invocation"]}) + "\n",
+    )
   say(
     f"Wrote {root / RESULTS_JSON}, {root / RESULTS_MD}"
     + (f", {root / RESULTS_PNG}" if plot else "")
@@ -494,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       ) from None
     model_dir = cli.macro_value("MODEL_DIR")
     if isinstance(model_dir, str) and _is_chief():
-      epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
-      (epath.Path(model_dir) / "config.gin").write_text(gin.config_str())
+      run_paths.path(model_dir).mkdir(parents=True, exist_ok=True)
+      run_paths.path(model_dir, "config.gin").write_text(gin.config_str())
     return fn()
 
   return cli.run(

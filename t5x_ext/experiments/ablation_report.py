@@ -13,10 +13,13 @@ using the mean over seeds of each run. The spread over seeds is the sample stand
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from t5x_ext.training import run_paths
 
 # (result key, column label, lower is better). `own` is the run's own prefix column: "[NLU]"
 # for runs pretrained with mode prefixes (classification is NLU-style), "none" otherwise.
@@ -316,6 +319,8 @@ def plot(record: Mapping[str, Any], path: str) -> str:
     fontsize=10,
   )
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()  # matplotlib writes local files only; epath reaches a bucket too
+  fig.savefig(buf, format="png", dpi=110)
+  run_paths.path(path).write_bytes(buf.getvalue())
   plt.close(fig)
   return path
