@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from t5x_ext.launch import scaffold as entry
-from t5x_ext.training import hosts, partitioning
+from t5x_ext.training import checkpointing, hosts, partitioning, run_setup
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 DECODE_METHODS = ("greedy", "sample", "beam")
@@ -116,7 +116,7 @@ def infer(
     prompts = [prompts]
   use_prompts = prompts is not None or prompts_file is not None
   # Prompts need only the vocabulary and the lengths: the task's objectives are not run.
-  run = entry.prepare(
+  run = run_setup.prepare(
     model,
     mixture_or_task_name,
     task_feature_lengths,
@@ -214,9 +214,8 @@ def infer(
 
 
 def _load(model, batch, checkpoint_path, mesh_shape, logical_axis_rules):
-  from t5x_ext import eval as eval_lib
 
-  return eval_lib.load_params(
+  return checkpointing.load_params(
     model, batch, checkpoint_path, mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules
   )
 

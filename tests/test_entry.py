@@ -19,7 +19,8 @@ import tensorflow as tf
 from tiny_network import tiny_config
 
 import tasks  # noqa: F401 - registered before conftest snapshots the registries
-from t5x_ext import eval as eval_lib
+from t5x_ext import eval as eval_cmd
+from t5x_ext.evaluation import seqio_metrics as seqio_metrics_lib
 from t5x_ext.model import models
 from t5x_ext.training import hosts, partitioning
 from t5x_ext.training.trainer import Trainer
@@ -123,7 +124,7 @@ def trainer_and_params():
 
 def _metrics(trainer, params, task, shard, max_examples=None):
   # Two rows per process and decode, also for the one-process reference: one compile.
-  return eval_lib._seqio_metrics(
+  return seqio_metrics_lib.seqio_metrics(
     trainer,
     params,
     task,
@@ -209,6 +210,6 @@ def test_main_names_what_to_include_when_nothing_is_configured():
     match=r"configure neither t5x_ext\.evaluation\.suite\.run_suite nor t5x_ext\.eval\.evaluate; "
     r"include 'runs/eval_suite\.gin' or 'runs/eval\.gin'",
   ):
-    eval_lib.main(["--gin_file=local/tiny_model.gin"])
+    eval_cmd.main(["--gin_file=local/tiny_model.gin"])
   with pytest.raises(ValueError, match=r"MODEL_DIR is not set \(declared .* gin/runs/infer\.gin\)"):
     infer_lib.main(["--gin_file=local/tiny_model.gin"])

@@ -13,6 +13,7 @@ import pytest
 
 import tasks  # noqa: F401 - registered before conftest snapshots the registries
 from t5x_ext import train as train_lib
+from t5x_ext.training import fit as fit_lib
 from t5x_ext.training import memory_plan
 from t5x_ext.training.trainer import Trainer
 
@@ -52,7 +53,7 @@ def test_device_memory_setting_is_checked_before_compiling(tmp_path, monkeypatch
   def forbidden(*args, **kwargs):
     raise AssertionError("the setting should have failed before the Trainer was built")
 
-  monkeypatch.setattr(train_lib, "Trainer", forbidden)
+  monkeypatch.setattr(fit_lib, "Trainer", forbidden)
   with pytest.raises(ValueError, match=r"device_memory = 'lots': expected bytes or a size"):
     train_lib.main(
       [*FLAGS, f"--gin.MODEL_DIR='{tmp_path}'", "--gin.train_script.train.device_memory='lots'"]

@@ -21,6 +21,7 @@ import pytest
 import tasks
 from t5x_ext import eval as eval_lib
 from t5x_ext import train as train_lib
+from t5x_ext.training import fit as fit_lib
 from t5x_ext.evaluation import periodic as periodic_eval
 from t5x_ext.training import metric_writers as metrics
 from tasks import finetune
@@ -209,7 +210,7 @@ def test_bad_settings_fail_before_compiling(tmp_path, monkeypatch, setting, valu
   def forbidden(*args, **kwargs):
     raise AssertionError("validation should have failed before the Trainer was built")
 
-  monkeypatch.setattr(train_lib, "Trainer", forbidden)
+  monkeypatch.setattr(fit_lib, "Trainer", forbidden)
   with pytest.raises(ValueError, match=message):
     _train(tmp_path, **{**EVAL, setting: value})
 

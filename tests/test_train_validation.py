@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from t5x_ext import train as train_lib
+from t5x_ext.training import fit as fit_lib
 
 TINY = "--gin_file=gin/local/ul2_tiny.gin"
 
@@ -16,7 +17,7 @@ def _no_compiling(monkeypatch):
   def forbidden(*args, **kwargs):
     raise AssertionError("validation should have failed before the Trainer was built")
 
-  monkeypatch.setattr(train_lib, "Trainer", forbidden)
+  monkeypatch.setattr(fit_lib, "Trainer", forbidden)
 
 
 def _run(tmp_path, *bindings):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -72,22 +71,6 @@ def denoisers_of(provider) -> tuple | None:
     logging.warning("Tasks of %s use different denoisers: no per-denoiser losses.", provider.name)
     return None
   return found.pop() or None
-
-
-def denoiser_groups(denoisers: Sequence[Any]) -> dict[str, list[int]]:
-  """Groups denoiser indices by mode prefix, e.g. {"[NLU]": [0, 1], "[S2S]": [6]}.
-
-  Args:
-    denoisers: the denoisers.
-
-  Returns:
-    Mode -> indices, for modes shared by more than zero denoisers (empty mode skipped).
-  """
-  groups: dict[str, list[int]] = {}
-  for k, d in enumerate(denoisers):
-    if d.mode:
-      groups.setdefault(d.mode, []).append(k)
-  return groups
 
 
 def vocabulary_of(provider):

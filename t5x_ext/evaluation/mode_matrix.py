@@ -75,9 +75,9 @@ def teacher_forced(trainer: Any, params: Any, batches: Iterable[Mapping]) -> dic
   Returns:
     `loss`, `cross_entropy`, `z_loss`, `accuracy`, `loss/<denoiser>`, ... ({} without rows).
   """
-  from t5x_ext import eval as eval_lib
+  from t5x_ext.evaluation.teacher_forced import teacher_forced_metrics
 
-  return eval_lib._teacher_forced(trainer, params, batches, max_batches=None, denoiser_groups=None)
+  return teacher_forced_metrics(trainer, params, batches)
 
 
 def score_table(

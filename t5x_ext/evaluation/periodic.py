@@ -10,9 +10,9 @@ evaluated on the validation split of the training task or mixture:
   teacher-forced   `eval/loss`, `eval/accuracy`, `eval/cross_entropy`, `eval/z_loss`,
                    `eval/loss/<denoiser>`, `eval/loss/<mode>` (e.g. `eval/loss/[NLU]`),
                    from the trainer's jitted eval step (compiled once, reused every period)
-                   over at most `max_batches` batches (`t5x_ext.eval._teacher_forced`)
+                   over at most `max_batches` batches (`t5x_ext.evaluation.teacher_forced`)
   SeqIO metrics    the task's predict/score metric functions on at most `predict_examples`
-                   decoded examples (`eval/<task>/<metric>`; `t5x_ext.eval._seqio_metrics`)
+                   decoded examples (`eval/<task>/<metric>`; `t5x_ext.evaluation.seqio_metrics`)
 
 Each process reads its own shard of the validation data (`partitioning.process_batch_shard`),
 as in training; the eval step returns replicated global sums, so every process computes the
@@ -37,7 +37,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_ext import eval as eval_lib
+from t5x_ext.evaluation import seqio_metrics as seqio_metrics_lib
+from t5x_ext.evaluation.teacher_forced import teacher_forced_metrics
 
 EVAL_SPLIT = "validation"
 # The same examples as `python -m t5x_ext.eval` sees with its default seed, whatever the
@@ -227,7 +228,7 @@ class PeriodicEvaluator:
       `{"eval/loss": ..., "eval/loss/<denoiser>": ..., "eval/<task>/<metric>": ...}`.
     """
     start = time.perf_counter()
-    teacher = eval_lib._teacher_forced(
+    teacher = teacher_forced_metrics(
       self.trainer, params, self.data, max_batches=None, denoiser_groups=self.denoiser_groups
     )
     results = {f"eval/{k}": float(v) for k, v in teacher.items()}
@@ -371,11 +372,11 @@ def build(
   seqio_fn = None
   if predict_examples != 0 and _has_metric_fns(provider):
     # Every process decodes its shard of the examples in lockstep and the metrics see each
-    # example once (`eval._seqio_metrics`), so this runs on one process or many alike.
+    # example once (`seqio_metrics.seqio_metrics`), so this runs on one process or many alike.
     decode_len = int(lengths.get("targets", 64))
 
     def seqio_fn(params):
-      return eval_lib._seqio_metrics(
+      return seqio_metrics_lib.seqio_metrics(
         trainer,
         params,
         provider,

@@ -1,8 +1,8 @@
 """Short fine-tuning probes from a checkpoint: classification and generation.
 
 Each probe fine-tunes a copy of the checkpoint's params for a few steps with
-`t5x_ext.train.train(restore_params_from=...)` into its own folder under `work_dir`, then
-scores it with `t5x_ext.eval.evaluate` (the task's SeqIO metrics on greedy predictions of the
+`t5x_ext.training.fit.fit(restore_params_from=...)` into its own folder under `work_dir`, then
+scores it with `t5x_ext.evaluation.task_eval.evaluate` (the task's SeqIO metrics on greedy predictions of the
 validation split):
 
   probe/classification/accuracy    embedded topic task (8 label words), percent
@@ -90,10 +90,10 @@ def run_probe(
   Returns:
     The task's metrics, `{"<metric>": value}` (e.g. `accuracy`, `rouge1`).
   """
-  from t5x_ext import eval as eval_lib
-  from t5x_ext import train as train_lib
+  from t5x_ext.evaluation.task_eval import evaluate
+  from t5x_ext.training.fit import fit
 
-  train_lib.train(
+  fit(
     model=model,
     mixture_or_task_name=task_name,
     task_feature_lengths=task_feature_lengths,
@@ -112,7 +112,7 @@ def run_probe(
     tensorboard=False,
     progress_bar=False,
   )
-  results = eval_lib.evaluate(
+  results = evaluate(
     model=model,
     mixture_or_task_name=task_name,
     task_feature_lengths=task_feature_lengths,

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_ext.training import partitioning
+from t5x_ext.training import hosts
 from t5x_ext.training.trainer import METRIC_ONLY_FEATURES
 
 
@@ -51,9 +51,9 @@ class Scorer:
       float32 [B].
     """
     model_batch = {k: v for k, v in batch.items() if k not in METRIC_ONLY_FEATURES}
-    with partitioning.axis_rules(self.trainer.mesh, self.trainer.rules):
-      out = self._fn(params, self.trainer.shard_batch(model_batch))
-    return np.asarray(jax.device_get(out), np.float32)
+    # Padded to the batch sharding and cut back, like every decode/score batch.
+    out = hosts.run_rows(self.trainer, lambda b: self._fn(params, b), model_batch)
+    return np.asarray(out, np.float32)
 
 
 def rank_accuracy(

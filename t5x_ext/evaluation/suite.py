@@ -211,8 +211,8 @@ def run_suite(
   Returns:
     The flat dict of results (see the module docstring for the keys).
   """
-  from t5x_ext import eval as eval_lib
   from t5x_ext.data import pipeline
+  from t5x_ext.training import checkpointing
 
   _check(parts, family_prefix, batch_size, max_eval_batches)
   checkpoint_path = checkpoint_path or model_dir
@@ -267,7 +267,7 @@ def run_suite(
       )
     )
   if first is not None:
-    trainer, params = eval_lib.load_params(
+    trainer, params = checkpointing.load_params(
       model,
       first,
       checkpoint_path,
@@ -355,12 +355,12 @@ def write_results(
   Returns:
     The file's path.
   """
-  from t5x_ext import eval as eval_lib
+  from t5x_ext.training import checkpointing
 
   path = pathlib.Path(model_dir) / "metrics" / RESULTS_FILE
   path.parent.mkdir(parents=True, exist_ok=True)
   record = {
-    "step": eval_lib.checkpoint_step(checkpoint_path),
+    "step": checkpointing.checkpoint_step(checkpoint_path),
     "checkpoint_path": os.fspath(checkpoint_path),
     "results": dict(results),
     "seconds": dict(seconds or {}),

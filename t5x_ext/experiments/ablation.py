@@ -167,8 +167,8 @@ def _train_run(
 ) -> tuple[dict[str, Any], str]:
   """Trains one run to `train_steps` unless its marker says it got there; returns (marker,
   what happened: "skipped" | "trained" | "resumed")."""
-  from t5x_ext import eval as eval_lib
   from t5x_ext import train as train_lib
+  from t5x_ext.training import checkpointing
 
   marker_path = run_dir / TRAIN_MARKER
   config = {
@@ -189,7 +189,7 @@ def _train_run(
     )
   if marker is not None and marker.get("step") == train_steps:
     return marker, "skipped"
-  start_step = eval_lib.checkpoint_step(str(run_dir)) or 0
+  start_step = checkpointing.checkpoint_step(str(run_dir)) or 0
   how = "resumed" if start_step else "trained"
   say(f"[{run_dir.name}] {how} from step {start_step} to {train_steps} on {task}")
   t0 = time.time()
@@ -203,7 +203,7 @@ def _train_run(
     **train_kwargs,
   )
   seconds = time.time() - t0
-  step = eval_lib.checkpoint_step(str(run_dir))
+  step = checkpointing.checkpoint_step(str(run_dir))
   if step != train_steps:  # stopped early (preempted): no marker, the next call resumes
     raise RuntimeError(f"{run_dir}: training stopped at step {step} of {train_steps}.")
   history = list((marker or {}).get("segments", []))

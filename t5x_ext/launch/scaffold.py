@@ -1,31 +1,23 @@
 """The scaffold `t5x_ext.train`, `t5x_ext.eval` and `t5x_ext.infer` share.
 
-Two steps every entry point takes, written once:
+What every entry point's `main` does, written once:
 
   main        `run(entry_points, argv)`: flags and gin files (`t5x_ext.launch.flags`), the
               function the gin files configure, its required macros, MIXTURE_OR_TASK_MODULE,
               then the call
-  start-up    `prepare(model, task, lengths, batch_size=..., mesh_shape=...)`: the checks,
-              cheapest first (batch size, mesh, task, lengths against the objectives, split),
-              and this process's shard of every global batch (`RunSetup`)
 
-Decoding on the mesh and the multi-process helpers (`predict`, `lockstep`, `gather_shards`)
-live in `t5x_ext.training.hosts`, since the evaluation uses them too.
+The start-up checks (`prepare`) live in `t5x_ext.training.run_setup`, and decoding on the
+mesh with the multi-process helpers (`predict`, `lockstep`, `gather_shards`) in
+`t5x_ext.training.hosts`, since training, evaluation and inference all use them.
 
-Library code: `run` imports gin only when called (the entry points' `main`); the data side
-(TensorFlow) is imported inside `prepare`.
+Library code: `run` imports gin only when called (the entry points' `main`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import numpy as np
-from jax.sharding import Mesh
-
-from t5x_ext.training import partitioning
 
 # ------------------------------------------------------------------------------- main
 
@@ -39,12 +31,14 @@ class EntryPoint:
     required_macros: the `%gin.REQUIRED` macros of its run file, checked before it runs.
     run_file: the run file that declares them, for messages (e.g. "gin/runs/pretrain.gin").
     include: what to include when the gin files configure nothing (e.g. "'runs/infer.gin'").
+    name: the name gin files bind it by, for messages (default: where `fn` is defined).
   """
 
   fn: Callable[..., Any]
   required_macros: tuple[str, ...]
   run_file: str
   include: str
+  name: str = ""
 
 
 def configured_function(fn: Callable[..., Any]) -> Callable[..., Any] | None:
@@ -91,7 +85,7 @@ def _pick(entry_points: Sequence[EntryPoint]) -> tuple[EntryPoint, Callable[...,
       return only, gin.get_configurable(only.fn)
     except (KeyError, ValueError):
       pass
-  names = " nor ".join(f"{ep.fn.__module__}.{ep.fn.__name__}" for ep in entry_points)
+  names = " nor ".join(ep.name or f"{ep.fn.__module__}.{ep.fn.__name__}" for ep in entry_points)
   which = "neither" if len(entry_points) > 1 else "not"
   includes = " or ".join(ep.include for ep in entry_points)
   raise ValueError(f"The gin files configure {which} {names}; include {includes}.")
@@ -125,120 +119,3 @@ def run(
   ep, fn = _pick(entry_points)
   cli.check_settings(ep.required_macros, ep.run_file)
   return around(fn) if around is not None else fn()
-
-
-# ---------------------------------------------------------------------------- start-up
-
-
-def positive_int(name: str, value: Any) -> int:
-  """`value` as an int, or a ValueError naming the setting.
-
-  Args:
-    name: the setting, e.g. "BATCH_SIZE".
-    value: its value.
-
-  Returns:
-    `int(value)`.
-
-  Raises:
-    ValueError: unless `value` is an int >= 1 (a bool is not).
-  """
-  if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} = {value!r}: must be a positive int.")
-  return int(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSetup:
-  """What `prepare` checked and built.
-
-  Attributes:
-    provider: the SeqIO task or mixture.
-    lengths: TASK_FEATURE_LENGTHS as ints.
-    denoisers: the task's denoisers (`run_data.denoisers_of`), in `decoder_denoiser_ids` order.
-    mesh: the device mesh.
-    batch_size: global rows per batch.
-    shard_id: this process's shard of every global batch (`partitioning.process_batch_shard`).
-    num_shards: the number of shards.
-  """
-
-  provider: Any
-  lengths: dict[str, int]
-  denoisers: tuple[Any, ...]
-  mesh: Mesh
-  batch_size: int
-  shard_id: int
-  num_shards: int
-
-  @property
-  def local_rows(self) -> int:
-    """Rows this process loads per global batch."""
-    return self.batch_size // self.num_shards
-
-  @property
-  def denoiser_names(self) -> list[str]:
-    """The denoisers' names (for per-denoiser metrics)."""
-    return [d.name for d in self.denoisers]
-
-
-def prepare(
-  model: Any,
-  mixture_or_task_name: str,
-  task_feature_lengths: Mapping[str, int],
-  *,
-  batch_size: Any,
-  mesh_shape: Mapping[str, int] | None,
-  num_microbatches: int = 1,
-  split: str | None = None,
-  plan_objectives: bool = True,
-) -> RunSetup:
-  """The start-up checks of every entry point, cheapest first; nothing is compiled.
-
-  Args:
-    model: the model (its vocabulary size is checked against the task's).
-    mixture_or_task_name: MIXTURE_OR_TASK_NAME.
-    task_feature_lengths: TASK_FEATURE_LENGTHS.
-    batch_size: BATCH_SIZE (global rows).
-    mesh_shape: MESH_SHAPE.
-    num_microbatches: microbatches must divide over the data-parallel devices too.
-    split: a split the task must have (None: not checked).
-    plan_objectives: plan the task's denoisers for the lengths (off where the task's examples
-      are not read, e.g. inference on typed prompts).
-
-  Returns:
-    A `RunSetup`.
-
-  Raises:
-    ValueError: naming the setting and its value (BATCH_SIZE, MESH_SHAPE, NUM_MICROBATCHES,
-      MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, VOCAB_SIZE, the split).
-  """
-  from t5x_ext.data import providers as run_data  # data side, imported only here
-
-  batch_size = positive_int("BATCH_SIZE", batch_size)
-  mesh = partitioning.make_mesh(mesh_shape)
-  partitioning.validate_batch_size(batch_size, mesh)
-  dp = partitioning.data_parallel_size(mesh)
-  if num_microbatches > 1 and (batch_size // num_microbatches) % dp:
-    raise ValueError(
-      f"num_microbatches = {num_microbatches}: microbatches of {batch_size // num_microbatches} "
-      f"rows do not divide over the data-parallel size {dp}."
-    )
-  provider = run_data.get_provider(mixture_or_task_name)
-  vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
-  run_data.check_task(
-    provider, task_feature_lengths, model_vocab_size=vocab_size, plan=plan_objectives
-  )
-  if split is not None and split not in provider.splits:
-    raise ValueError(
-      f"split = {split!r} is not a split of {mixture_or_task_name!r} ({list(provider.splits)})."
-    )
-  shard_id, num_shards = partitioning.process_batch_shard(mesh)
-  return RunSetup(
-    provider=provider,
-    lengths={k: int(v) for k, v in task_feature_lengths.items()},
-    denoisers=tuple(run_data.denoisers_of(provider) or ()),
-    mesh=mesh,
-    batch_size=batch_size,
-    shard_id=shard_id,
-    num_shards=num_shards,
-  )

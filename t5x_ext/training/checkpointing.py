@@ -667,3 +667,58 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
   finally:
     checkpointer.close()
   return restored["params"] if wrapped else restored
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+  """The step of the newest complete checkpoint under `path` (a MODEL_DIR), if any.
+
+  Complete means what `Checkpointer` finalised: a step directory with its state item, not an
+  Orbax temporary directory left by a kill during a save. Works on any `epath` location.
+
+  Args:
+    path: a MODEL_DIR or its checkpoints directory.
+
+  Returns:
+    The step, or None.
+  """
+  root = epath.Path(path)
+  for d in (root / "checkpoints", root):
+    steps = _complete_steps(d)
+    if steps:
+      return max(steps)
+  return None
+
+
+def load_params(
+  model: Any,
+  batch: Mapping[str, np.ndarray],
+  checkpoint_path: str,
+  *,
+  mesh_shape: Mapping[str, int] | None = None,
+  logical_axis_rules: Any = None,
+  denoiser_names=(),
+) -> tuple[Any, Any]:
+  """Builds a `Trainer` (no optimizer) and restores only the params, sharded on the mesh.
+
+  Args:
+    model: the model.
+    batch: a numpy batch with the shapes to evaluate on.
+    checkpoint_path: MODEL_DIR, a checkpoints/step directory, or converted weights.
+    mesh_shape: MESH_SHAPE.
+    logical_axis_rules: rules (default `partitioning.DEFAULT_RULES`).
+    denoiser_names: for per-denoiser metrics.
+
+  Returns:
+    `(trainer, params)`.
+  """
+  import optax
+
+  from t5x_ext.training import partitioning
+  from t5x_ext.training.trainer import Trainer
+
+  mesh = partitioning.make_mesh(mesh_shape)
+  rules = partitioning.DEFAULT_RULES if logical_axis_rules is None else logical_axis_rules
+  trainer = Trainer(model, optax.identity(), mesh, rules, denoiser_names=denoiser_names)
+  abstract = trainer.abstract_state(batch)
+  params = restore_params(checkpoint_path, abstract.params)
+  return trainer, params

@@ -39,6 +39,76 @@ def local_rows(x: Any) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
+def row_multiple(mesh: Any) -> int:
+  """The multiple a process-local batch must have to split over the mesh's batch axes.
+
+  A global batch is split into `data x fsdp` slices; this process loads its `num_shards`-th
+  part of them (`partitioning.process_batch_shard`), so its rows must divide by the slices
+  it holds.
+
+  Args:
+    mesh: the mesh.
+
+  Returns:
+    `data_parallel_size(mesh) // num_shards` (the whole data-parallel size on one process).
+  """
+  dp = partitioning.data_parallel_size(mesh)
+  _, num_shards = partitioning.process_batch_shard(mesh)
+  return max(dp // num_shards, 1)
+
+
+def pad_rows(batch: Mapping[str, np.ndarray], multiple: int) -> tuple[dict[str, np.ndarray], int]:
+  """`batch` with zero rows appended up to a multiple of `multiple` rows (at least one).
+
+  Zero rows are what the padding batches of evaluation and `lockstep` already feed the
+  model: all-padding inputs and targets, which decode and score to values nobody reads.
+
+  Args:
+    batch: numpy arrays with a common leading (row) dimension.
+    multiple: the row multiple (see `row_multiple`).
+
+  Returns:
+    `(padded batch, number of real rows)`; the batch itself when no row is missing.
+  """
+  batch = {k: np.asarray(v) for k, v in batch.items()}
+  rows = {v.shape[0] for v in batch.values()}
+  if len(rows) > 1:
+    raise ValueError(f"batch features have different row counts: {sorted(rows)}")
+  n = rows.pop() if rows else 0
+  missing = -n % multiple if n else multiple
+  if not missing:
+    return batch, n
+  return {
+    k: np.concatenate([v, np.zeros((missing, *v.shape[1:]), v.dtype)]) for k, v in batch.items()
+  }, n
+
+
+def run_rows(
+  trainer: Any, fn: Callable[[dict[str, jax.Array]], Any], batch: Mapping[str, np.ndarray]
+) -> Any:
+  """Runs `fn` on this process's rows of any count, sharded over the trainer's mesh.
+
+  The rows are padded with zero rows to a multiple of this process's share of the batch
+  sharding (`row_multiple`), placed as global arrays, passed to `fn` under the trainer's
+  axis rules, and every output is cut back to this process's real rows. Decoding and
+  scoring (samples, infer, eval, the suite, probes, rank classification) come through here,
+  so a batch of 3 rows runs on a mesh with 4 or 8 batch slices.
+
+  Args:
+    trainer: a `Trainer` (its mesh, rules and `shard_batch`).
+    fn: global batch -> a pytree of arrays with the batch on axis 0.
+    batch: this process's numpy rows (the features `fn` reads).
+
+  Returns:
+    `fn`'s outputs as numpy arrays of this process's real rows.
+  """
+  padded, n = pad_rows(batch, row_multiple(trainer.mesh))
+  global_batch = trainer.shard_batch(padded)
+  with partitioning.axis_rules(trainer.mesh, trainer.rules):
+    out = fn(global_batch)
+  return jax.tree.map(lambda x: local_rows(x)[:n], out)
+
+
 def predict(
   trainer: Any,
   params: Any,
@@ -52,7 +122,8 @@ def predict(
   """Decodes and/or scores one process-local numpy batch on the trainer's mesh.
 
   Every process calls it with the same number of rows at the same time (one global
-  computation); see `lockstep`.
+  computation); see `lockstep`. Any number of rows works: `run_rows` pads them to the batch
+  sharding and cuts the outputs back.
 
   Args:
     trainer: a `Trainer` (its mesh, rules, model and `shard_batch`).
@@ -67,17 +138,16 @@ def predict(
     `(tokens [rows, decode_len] or None, scores [rows] or None)`, this process's rows.
   """
   model_batch = {k: v for k, v in batch.items() if k != "decoder_denoiser_ids"}
-  global_batch = trainer.shard_batch(model_batch)
-  pred = scores = None
-  with partitioning.axis_rules(trainer.mesh, trainer.rules):
+
+  def fn(global_batch):
+    pred = scores = None
     if decode:
       pred = trainer.model.predict_batch(params, global_batch, rng, **decode_kw)
     if with_scores:
       scores = trainer.model.score_batch(params, global_batch)
-  return (
-    None if pred is None else local_rows(pred),
-    None if scores is None else local_rows(scores),
-  )
+    return pred, scores
+
+  return run_rows(trainer, fn, model_batch)
 
 
 # ------------------------------------------------------------------ several processes

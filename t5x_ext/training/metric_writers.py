@@ -34,39 +34,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from t5x_ext.training import run_paths
+from t5x_ext.training import flops, run_paths
 
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets; used for the MFU estimate
-# when the caller does not pass one. Matched on a lower-cased substring of `device_kind`.
-_PEAK_FLOPS_BY_KIND = (
-  ("v6 lite", 918e12),
-  ("v6e", 918e12),
-  ("v5p", 459e12),
-  ("v5 lite", 197e12),
-  ("v5e", 197e12),
-  ("v4", 275e12),
-  ("v3", 123e12),
-  ("h200", 989e12),
-  ("h100", 989e12),
-  ("a100", 312e12),
-  ("l4", 121e12),
-)
-
-
-def peak_flops_per_device(device_kind: str) -> float | None:
-  """Returns the dense bf16 peak FLOP/s of one device, or None where unknown (e.g. CPUs).
-
-  Args:
-    device_kind: `jax.Device.device_kind`, e.g. "TPU v4" or "NVIDIA H100 80GB HBM3".
-
-  Returns:
-    Peak FLOP/s, or None.
-  """
-  kind = device_kind.lower()
-  for key, flops in _PEAK_FLOPS_BY_KIND:
-    if key in kind:
-      return flops
-  return None
+# The peak table lives in `flops` (per JAX device); re-exported for existing callers.
+peak_flops_per_device = flops.peak_flops_per_device
 
 
 class MetricAccumulator:
