@@ -7,8 +7,9 @@ Numerics follow T5 (Raffel et al., 2020) as Transformers' `T5ForConditionalGener
 implements it, so imported weights give the same logits: RMSNorm without mean
 subtraction or bias, no 1/sqrt(head_dim) on attention logits (T5 folds it into the query
 initialisation), a relative position bias shared by all layers of a stack, and the
-tanh-approximated GELU for gated-GELU. Attention goes through
-`jax.nn.dot_product_attention`, which picks a fused kernel where the backend has one.
+tanh-approximated GELU for gated-GELU. Full attention calls run on XLA, cuDNN or the
+TPU Pallas kernel (`TransformerConfig.attention_implementation`, see
+`t5x_ext.model.attention`); decoding's cached calls have their own path here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_ext.model import axes
+from t5x_ext.model import attention, axes
 
 Array = jax.Array
 
@@ -270,7 +271,8 @@ class MultiHeadAttention(nn.Module):
     cache_length: length of the self-attention cache (PREFILL only).
     dtype: compute dtype.
     param_dtype: parameter dtype.
-    implementation: `jax.nn.dot_product_attention`'s implementation (None, 'xla', 'cudnn').
+    implementation: the kernel of FULL calls: 'auto', 'xla', 'cudnn' or 'pallas_tpu' (see
+      `t5x_ext.model.attention`; None is 'xla'). PREFILL and STEP calls ignore it.
     chunk_size: FULL mode only: 0 attends all queries at once; N > 0 attends blocks of N
       queries in turn (`chunked_attention`), so the float32 logits of only one block live at
       a time, forward and backward, instead of the whole [B, H, Q, K].
@@ -284,7 +286,7 @@ class MultiHeadAttention(nn.Module):
   cache_length: int = 0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  implementation: str | None = None
+  implementation: str | None = "auto"
   chunk_size: int = 0
 
   def _proj(self, name: str, stddev: float) -> Projection:
@@ -314,12 +316,16 @@ class MultiHeadAttention(nn.Module):
       kv_BKD: key/value-side activations (None for self-attention, and for a
         cross-attention step, which reads the cache).
       bias: additive bias broadcastable to [B, H, Q, K] (relative positions), or None.
-      mask: bool, broadcastable to [B, H, Q, K]; False blocks attention.
+      mask: bool, broadcastable to [B, H, Q, K]; False blocks attention. Or an
+        `attention.AttentionMask` (the networks' FULL calls), which the fused kernels read.
       index: int32 scalar, the cache slot of the token in STEP mode.
 
     Returns:
       [B, Q, D] attention output.
     """
+    structured = mask if isinstance(mask, attention.AttentionMask) else None
+    if structured is not None:
+      mask = structured.dense
     d, e = self.emb_dim, self.head_dim
     # T5 leaves out the 1/sqrt(head_dim) on the logits and puts it into the query init.
     q_BQHE = self._proj("query", (d * e) ** -0.5)(x_BQD)
@@ -374,10 +380,29 @@ class MultiHeadAttention(nn.Module):
       bias = bias.astype(self.dtype)
     if mask is not None:
       mask = mask.astype(jnp.bool_)
-    attend = functools.partial(
-      jax.nn.dot_product_attention, scale=1.0, implementation=self.implementation
-    )
     k_BKHE, v_BKHE = k_BKHE.astype(self.dtype), v_BKHE.astype(self.dtype)
+    impl = "xla"
+    if self.mode == FULL:
+      impl, reason = attention.choose(
+        self.implementation,
+        platform=attention.backend_platform(),
+        q_len=q_BQHE.shape[1],
+        kv_len=k_BKHE.shape[1],
+        head_dim=e,
+        dtype=self.dtype,
+        mask=structured,
+        dense_only=structured is None and mask is not None,
+        has_bias=bias is not None,
+        chunk_size=self.chunk_size,
+        interpret=attention.interpret_mode(),
+      )
+      attention.log_choice(self.name or "attention", impl, reason)
+    if impl == "cudnn":
+      return self._out_proj(attention.cudnn_attention(q_BQHE, k_BKHE, v_BKHE, bias, structured))
+    if impl == "pallas_tpu":
+      out_BQHE = attention.pallas_tpu_attention(q_BQHE, k_BKHE, v_BKHE, bias, structured)
+      return self._out_proj(out_BQHE)
+    attend = functools.partial(jax.nn.dot_product_attention, scale=1.0, implementation="xla")
     if self.mode == FULL and 0 < self.chunk_size < q_BQHE.shape[1]:
       out_BQHE = chunked_attention(attend, q_BQHE, k_BKHE, v_BKHE, bias, mask, self.chunk_size)
     else:

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_ext.model import axes, layers, masks
+from t5x_ext.model import attention, axes, layers, masks
 from t5x_ext.model.layers import FULL, PREFILL, STEP
 
 Array = jax.Array
@@ -77,14 +77,17 @@ class TransformerConfig:
       for deep models; parameters get a leading `layers` axis).
     decoder_only: a decoder-only (causal or prefix-LM) network instead of encoder-decoder.
     layer_norm_epsilon: RMSNorm epsilon.
-    attention_implementation: passed to `jax.nn.dot_product_attention`: None (XLA's
-      default), 'xla', or 'cudnn' (cuDNN's fused flash attention on NVIDIA GPUs; needs
-      bfloat16/float16 compute).
+    attention_implementation: the kernel of training and scoring attention (decoding's
+      cached calls keep their own path): 'auto' (default: cuDNN's fused attention on
+      NVIDIA GPUs, the Pallas flash-attention kernel on TPUs, where the call qualifies;
+      XLA otherwise), 'xla', 'cudnn' (bfloat16/float16 compute) or 'pallas_tpu'. An
+      explicit kernel fails at trace time where it cannot run the call. See
+      `t5x_ext.model.attention` (`choose`, `describe`); None is the old default, 'xla'.
     attention_chunk_size: 0 (default) attends all queries of a training/scoring pass at
       once; N > 0 attends blocks of N queries in turn, rematerialised (see
       `layers.chunked_attention`): the same outputs, and the [B, H, Q, K] attention logits
       are never kept whole, at the cost of recomputing them in the backward pass.
-      Decoding's cached calls ignore it.
+      Decoding's cached calls ignore it, and so do the fused kernels (blockwise already).
   """
 
   vocab_size: int = 32128
@@ -105,7 +108,7 @@ class TransformerConfig:
   scan_layers: bool = False
   decoder_only: bool = False
   layer_norm_epsilon: float = 1e-6
-  attention_implementation: str | None = None
+  attention_implementation: str | None = "auto"
   attention_chunk_size: int = 0
 
   def __post_init__(self):
@@ -160,8 +163,10 @@ class TransformerConfig:
       fail("relative_attention_max_distance", f"must exceed num_buckets // 2 = {nb // 2}")
     if self.remat_policy not in REMAT_POLICIES:
       fail("remat_policy", f"unknown; known: {sorted(REMAT_POLICIES)}")
-    if self.attention_implementation not in (None, "xla", "cudnn"):
-      fail("attention_implementation", "expected None, 'xla' or 'cudnn'")
+    if self.attention_implementation is None:
+      object.__setattr__(self, "attention_implementation", "xla")
+    if self.attention_implementation not in attention.IMPLEMENTATIONS:
+      fail("attention_implementation", f"expected one of {attention.IMPLEMENTATIONS}")
     if self.attention_implementation == "cudnn" and self.dtype == "float32":
       fail("attention_implementation", "cuDNN attention needs dtype 'bfloat16' or 'float16'")
     chunk = self.attention_chunk_size
@@ -266,7 +271,7 @@ class Encoder(nn.Module):
 
     Args:
       x_BID: embedded encoder tokens.
-      mask: bool [B, 1, I, I] attention mask.
+      mask: bool [B, 1, I, I] attention mask, or an `attention.AttentionMask` holding it.
       deterministic: disables dropout.
 
     Returns:
@@ -318,8 +323,9 @@ class Decoder(nn.Module):
     Args:
       x_BTD: embedded decoder input tokens.
       encoded_BID: encoder output (None for decoder-only and in STEP mode).
-      self_mask: bool, broadcastable to [B, 1, T, K].
-      cross_mask: bool, broadcastable to [B, 1, T, I]; None for decoder-only.
+      self_mask: bool, broadcastable to [B, 1, T, K], or an `attention.AttentionMask`.
+      cross_mask: bool, broadcastable to [B, 1, T, I], or an `attention.AttentionMask`;
+        None for decoder-only.
       query_positions: int [T] positions of the queries.
       key_positions: int [K] positions of the self-attention keys.
       deterministic: disables dropout.
@@ -412,9 +418,15 @@ def _decoder_self_mask(
   if mode == PREFILL and not cache_length:
     raise ValueError("a PREFILL call needs `cache_length`")
   mask = masks.decoder_mask(length, target_tokens, segment_ids, causal_attention)
-  if cache_mask is not None:
-    mask = mask & cache_mask[:, None, None, :length]
   positions = jnp.arange(length)
+  if cache_mask is not None:
+    return mask & cache_mask[:, None, None, :length], positions, positions
+  if mode == FULL:
+    # Full passes also carry the mask as the fused kernels take it (causal, segment ids).
+    real = jnp.ones((1, length), bool) if target_tokens is None else target_tokens > 0
+    seg = jnp.broadcast_to(attention.segments(real, segment_ids), (mask.shape[0], length))
+    prefix = None if causal_attention is None else causal_attention.astype(jnp.bool_)
+    mask = attention.AttentionMask(mask, seg, seg, prefix, True, segment_ids is not None)
   return mask, positions, positions
 
 
@@ -452,7 +464,9 @@ class EncoderDecoder(nn.Module):
       [B, I, D] encoder output.
     """
     x = self.token_embedder(encoder_input_tokens)
-    mask = masks.encoder_mask(encoder_input_tokens, encoder_segment_ids)
+    dense = masks.encoder_mask(encoder_input_tokens, encoder_segment_ids)
+    seg = attention.segments(encoder_input_tokens > 0, encoder_segment_ids)
+    mask = attention.AttentionMask(dense, seg, seg, None, False, encoder_segment_ids is not None)
     return self.encoder(x, mask, deterministic=deterministic)
 
   def decode(
@@ -492,6 +506,19 @@ class EncoderDecoder(nn.Module):
       mode, length, cache_length, index, decoder_target_tokens, decoder_segment_ids, None, None
     )
     cross = masks.cross_mask(encoder_input_tokens, length, encoder_segment_ids, decoder_segment_ids)
+    if mode == FULL:
+      b = cross.shape[0]
+      q_real = (
+        jnp.ones((b, length), bool) if decoder_target_tokens is None else decoder_target_tokens > 0
+      )
+      cross = attention.AttentionMask(
+        cross,
+        jnp.broadcast_to(attention.segments(q_real, decoder_segment_ids), (b, length)),
+        attention.segments(encoder_input_tokens > 0, encoder_segment_ids),
+        None,
+        False,
+        encoder_segment_ids is not None,
+      )
     y = self.decoder(
       self.token_embedder(decoder_input_tokens),
       None if mode == STEP else encoded,
