@@ -21,8 +21,8 @@ import pytest
 import tasks
 from t5x_ext import eval as eval_lib
 from t5x_ext import train as train_lib
-from t5x_ext.training import fit as fit_lib
 from t5x_ext.evaluation import periodic as periodic_eval
+from t5x_ext.training import fit as fit_lib
 from t5x_ext.training import metric_writers as metrics
 from tasks import finetune
 from tests._toy_model import ToyModel
