@@ -9,7 +9,9 @@ Prints one JSON object on stdout (progress on stderr):
                             "with_seqio_eos": {...}, "preprocessor_only": {...}},
    "appendix_t5": {"with_eos": {...}, "preprocessor_only": {...}} or {"skipped": "<why>"},
    "speedup": {"with_eos": {...ratios...}, "with_seqio_eos": {...},
-               "preprocessor_only": {...}}, ...}
+               "preprocessor_only": {...}},
+   "bart_large": {"with_eos": {...}},
+   "vs_ul2_mixture": {"bart_large": {...ratios to mixture_of_denoisers with_eos...}}, ...}
 
 Both pipelines read the same documents, already tokenized in memory with the same
 vocabulary (tokenizing is the same work for both and not what is compared). Variants:
@@ -22,6 +24,9 @@ vocabulary (tokenizing is the same work for both and not what is compared). Vari
 Rounds alternate between the pipelines and the best round of each is reported. `examples_per_cpu_s` divides by the
 process's CPU time instead of wall time: on a machine shared with other jobs it measures
 the work each pipeline does, where wall time also measures how many threads each gets.
+
+`bart_large` is BART's released noises (`objectives.BART_LARGE`: text infilling, sentence
+permutation) through the same `mixture_of_denoisers`, as the `<corpus>_bart_v1` tasks run it.
 
 The corpus is the embedded CPython-docs corpus of `tasks` with its vocabulary; without
 `tasks` it falls back to `pydoc_data` topics and the shared 32K SentencePiece model.
@@ -105,6 +110,15 @@ def ours(docs, lengths, features, eos=True, seqio_eos=False):
     docs_dataset(docs), lengths, features, seed=0, append_eos=eos and not seqio_eos
   )
   return seqio.preprocessors.append_eos_after_trim(ds, features, lengths) if seqio_eos else ds
+
+
+def ours_bart(docs, lengths, features, eos=True):
+  """BART's released noises (`objectives.bart.BART_LARGE`) through the same machinery."""
+  from t5x_ext import objectives
+
+  return objectives.mixture_of_denoisers(
+    docs_dataset(docs), lengths, features, objectives.BART_LARGE, seed=0, append_eos=eos
+  )
 
 
 def appendix(docs, lengths, features, eos=True):
@@ -219,7 +233,7 @@ def main() -> None:
   except Exception as e:  # ImportError or a broken dependency of t5
     have_t5, why = False, f"t5 not importable: {type(e).__name__}: {e}"
 
-  pipelines = {"mixture_of_denoisers": ours}
+  pipelines = {"mixture_of_denoisers": ours, "bart_large": ours_bart}
   if have_t5:
     pipelines["appendix_t5"] = appendix
   # See the module doc for the variants and `BASELINE_OF` for what is compared with what.
@@ -230,6 +244,7 @@ def main() -> None:
       "preprocessor_only": {"eos": False},
     },
     "appendix_t5": {"with_eos": {"eos": True}, "preprocessor_only": {"eos": False}},
+    "bart_large": {"with_eos": {"eos": True}},
   }
   results = {(name, v): [] for name in pipelines for v in variants[name]}
   for r in range(flags.rounds):
@@ -249,7 +264,7 @@ def main() -> None:
     "tensorflow": tf.__version__,
     "rounds": flags.rounds,
   }
-  for name in ("mixture_of_denoisers", "appendix_t5"):
+  for name in ("mixture_of_denoisers", "appendix_t5", "bart_large"):
     if name not in pipelines:
       report[name] = {"skipped": why}
       continue
@@ -258,6 +273,14 @@ def main() -> None:
     }
   if have_t5:
     report["speedup"] = speedups(report["mixture_of_denoisers"], report["appendix_t5"])
+  # Each other objective against UL2's mixture, both with EOS (> 1: faster per token).
+  report["vs_ul2_mixture"] = {
+    name: {
+      k: report[name]["with_eos"][k] / report["mixture_of_denoisers"]["with_eos"][k]
+      for k in RATE_KEYS
+    }
+    for name in ("bart_large",)
+  }
   print(json.dumps(report, indent=2))
 
 

@@ -6,8 +6,11 @@ Public API:
   mixture_of_denoisers: the SeqIO preprocessor (`mixture.py`).
   validate_denoisers: early checks + length planning (tasks call it at registration).
   plan_mixture / DenoiserPlan: the planned chunk and feature lengths per denoiser.
+  BartNoise, BART_LARGE, BART_PAPER, BART_TABLE1: BART's noises as `Denoiser(kind="bart")`
+    (`bart.py`; the TensorFlow side in `bart_noise.py`).
 """
 
+from t5x_ext.objectives.bart import BART_LARGE, BART_PAPER, BART_TABLE1, BartNoise
 from t5x_ext.objectives.denoisers import (
   CAUSAL_LM,
   KINDS,
@@ -38,6 +41,9 @@ from t5x_ext.objectives.planning import (
 )
 
 __all__ = [
+  "BART_LARGE",
+  "BART_PAPER",
+  "BART_TABLE1",
   "CAUSAL_LM",
   "KINDS",
   "MIN_CHUNK_LENGTH",
@@ -49,6 +55,7 @@ __all__ = [
   "PREFIX_LM",
   "PREFIX_SPLITS",
   "T5_SPAN_CORRUPTION",
+  "BartNoise",
   "UL2R_DENOISERS",
   "UL2_DENOISERS",
   "Denoiser",

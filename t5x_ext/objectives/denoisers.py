@@ -10,6 +10,9 @@ A denoiser is one way of turning a chunk of text into an (inputs, targets) pair:
   right part the target. `noise_density` is the *mean* fraction of target tokens and
   `prefix_split` says how the split point is drawn (see `Denoiser`).
 * `causal_lm`: the whole chunk is the target; inputs hold only the mode prefix (if any).
+* `bart`: BART's noises (`bart.py`): the target is the whole chunk, the input the chunk
+  with its sentences permuted, spans masked or deleted, masks inserted, rotated, as
+  `Denoiser.bart` (a `BartNoise`) says.
 
 References:
   [UL2]   Tay et al. 2022, "UL2: Unifying Language Learning Paradigms", arXiv:2205.05131.
@@ -23,15 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
-KINDS = ("span", "prefix_lm", "causal_lm")
+KINDS = ("span", "prefix_lm", "causal_lm", "bart")
 
 # Mode-switch prefixes of [UL2] Sec. 3.1.3 ("paradigm tokens"). The empty string means no
 # prefix (plain T5 span corruption, plain LM baselines).
 MODE_NLU = "[NLU]"
 MODE_NLG = "[NLG]"
 MODE_S2S = "[S2S]"
-MODES = ("", MODE_NLU, MODE_NLG, MODE_S2S)
+# [CodeT5+] Sec. 3.1: the encoder input of its decoder-only causal LM (`codet5p.py`).
+MODE_CLM = "[CLM]"
+MODES = ("", MODE_NLU, MODE_NLG, MODE_S2S, MODE_CLM)
 
 # How the S-denoiser draws its split point.
 #   "paper":   target fraction f ~ Uniform(0, 2 * noise_density), so targets are
@@ -40,7 +46,11 @@ MODES = ("", MODE_NLU, MODE_NLG, MODE_S2S)
 #   "uniform": split point uniform over the chunk (targets are 50% on average), as the
 #              appendix code of [UL2] does; `noise_density` is then ignored.
 #   "fixed":   exactly round(noise_density * length) target tokens, no randomness.
-PREFIX_SPLITS = ("paper", "uniform", "fixed")
+#   "pivot":   CodeT5+'s seq2seq causal LM ([CodeT5+] Sec. 3.1): the split point (the
+#              inputs length) uniform over the integers in [ceil(0.1 L), floor(0.9 L)]
+#              of an L-token chunk, so targets are 10-90% of it, 50% on average;
+#              `noise_density` is then ignored.
+PREFIX_SPLITS = ("paper", "uniform", "fixed", "pivot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +59,7 @@ class Denoiser:
 
   Attributes:
     name: short unique name, used in errors, metrics (`loss/<name>`) and the inspector.
-    kind: "span" | "prefix_lm" | "causal_lm".
+    kind: "span" | "prefix_lm" | "causal_lm" | "bart".
     mean_span_length: mean noise-span length in tokens (`span` only; 0 otherwise).
     noise_density: fraction of a chunk's tokens that become targets: corrupted tokens for
       `span`, the mean target fraction for `prefix_lm` ("paper"/"fixed" splits), unused
@@ -57,6 +67,7 @@ class Denoiser:
     mode: prefix text put at the start of `inputs` ("[NLU]", "[NLG]", "[S2S]", or "").
     rate: relative sampling weight in a mixture (normalized over the mixture).
     prefix_split: split distribution of `prefix_lm`, one of `PREFIX_SPLITS`.
+    bart: the noise settings of a `bart` denoiser (`bart.BartNoise`); None otherwise.
   """
 
   name: str
@@ -66,6 +77,7 @@ class Denoiser:
   mode: str = ""
   rate: float = 1.0
   prefix_split: str = "paper"
+  bart: Any = None
 
   def describe(self) -> str:
     """Returns a one-line human description, e.g. `R(mu=3, r=0.15) [NLU] rate=0.2`.
@@ -77,6 +89,8 @@ class Denoiser:
       core = f"span(mu={self.mean_span_length:g}, r={self.noise_density:g})"
     elif self.kind == "prefix_lm":
       core = f"prefix_lm(split={self.prefix_split}, r={self.noise_density:g})"
+    elif self.kind == "bart":
+      core = self.bart.describe() if self.bart is not None else "bart(?)"
     else:
       core = "causal_lm"
     return f"{self.name}: {core} mode={self.mode!r} rate={self.rate:g}"

@@ -21,6 +21,7 @@ different SeqIO shards (different documents, same seed stream) draw differently.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5x_ext.objectives import corruption
+from t5x_ext.objectives import bart, bart_noise, corruption
 from t5x_ext.objectives.denoisers import UL2_DENOISERS, Denoiser, normalized_rates
 from t5x_ext.objectives.planning import (
   MIN_CHUNK_LENGTH,
@@ -133,7 +134,10 @@ def validate_denoisers(
     )
   if vocabulary is not None:
     extra = int(vocabulary.extra_ids or 0)
-    sentinels = usable_sentinels(vocabulary.vocab_size, extra, [t for p in prefixes for t in p])
+    reserved = [t for p in prefixes for t in p] + bart.check_vocabulary(
+      denoisers, vocabulary, prefixes
+    )
+    sentinels = usable_sentinels(vocabulary.vocab_size, extra, reserved)
     for d in denoisers:
       if d.kind == "span" and sentinels < 1:
         raise ValueError(
@@ -166,6 +170,7 @@ def mixture_of_denoisers(
   concatenate_documents: bool = True,
   batch_size: int = DEFAULT_BATCH_SIZE,
   append_eos: bool = False,
+  noise_record: bool = False,
 ) -> tf.data.Dataset:
   """SeqIO preprocessor: tokenized documents in, Mixture-of-Denoisers examples out.
 
@@ -204,10 +209,12 @@ def mixture_of_denoisers(
     append_eos: append each feature's EOS id (features with `add_eos`) in the batched
       step, giving exactly what `append_eos_after_trim` would (nothing needs trimming).
       Do not also follow it with `append_eos_after_trim`, which would add a second EOS.
+    noise_record: with `bart` denoisers, add each example's noise record
+      (`bart_noise.RECORD_KEYS`, empty for other kinds): for tests and the inspector.
 
   Returns:
     A dataset of {"inputs": int32 [n], "targets": int32 [m], "denoiser_id": int32 []}
-    ("inputs" omitted when `output_features` has none).
+    ("inputs" omitted when `output_features` has none; the noise record if asked for).
 
   Raises:
     ValueError: see `validate_denoisers`.
@@ -230,7 +237,14 @@ def mixture_of_denoisers(
   prefixes = mode_prefix_tokens(
     denoisers, vocabulary=vocabulary, mode_prefix=mode_prefix, mode_token_ids=mode_token_ids
   )
-  spec = corruption.MixtureSpec.build(denoisers, plans, prefixes, vocabulary.vocab_size)
+  bart_spec = bart_noise.BartSpec.build(denoisers, prefixes, vocabulary, sequence_length)
+  # BART rows never reach `corruption.build_examples`; its tables see them as causal LMs.
+  spec = corruption.MixtureSpec.build(
+    [dataclasses.replace(d, kind="causal_lm") if d.kind == "bart" else d for d in denoisers],
+    plans,
+    prefixes,
+    vocabulary.vocab_size,
+  )
   emit_inputs = "inputs" in output_features
   eos_ids = {
     key: int(output_features[key].vocabulary.eos_id)
@@ -257,14 +271,16 @@ def mixture_of_denoisers(
     else:
       docs = docs.with_flat_values(flat)
     chunks, ids = chunk_documents(docs, logits, chunk_lengths, min_chunk, seeds[0])
-    out = corruption.build_examples(
-      chunks,
-      ids,
-      spec,
-      seeds[1],
-      inputs_eos=eos_ids.get("inputs"),
-      targets_eos=eos_ids.get("targets"),
-    )
+    eos = {"inputs_eos": eos_ids.get("inputs"), "targets_eos": eos_ids.get("targets")}
+    if bart_spec is None:
+      out = corruption.build_examples(chunks, ids, spec, seeds[1], **eos)
+    else:
+      others = None
+      if any(d.kind != "bart" for d in denoisers):
+        others = lambda c, i, s: corruption.build_examples(c, i, spec, s, **eos)  # noqa: E731
+      out = bart_noise.build_examples(
+        chunks, ids, bart_spec, others, seeds[1], record=noise_record, **eos
+      )
     if not emit_inputs:
       out.pop("inputs")
     return out

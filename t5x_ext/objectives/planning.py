@@ -16,6 +16,9 @@ Per chunk length `length` (tokens of text, before the mode prefix), with `P` pre
 * prefix_lm: `T` target tokens drawn from `[t_lo, t_hi]`; inputs = `P + length - T`,
   targets = `T`.
 * causal_lm: inputs = `P`, targets = `length`.
+* bart: targets = `length`; inputs = `P + x + ceil(insert_ratio * x)` with `x = length +
+  zero_span_reserve` (masking never lengthens the text but for zero-length spans; see
+  `bart.max_inputs`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from t5x_ext.objectives import bart
 from t5x_ext.objectives.denoisers import KINDS, MODES, PREFIX_SPLITS, Denoiser, normalized_rates
 
 # Chunks shorter than this are dropped: a 1-token chunk cannot be split into an input and
@@ -82,6 +86,8 @@ def _prefix_bounds(d: Denoiser, length: int) -> tuple[int, int]:
   """Returns the (lowest, highest) target length of a prefix_lm for a chunk of `length` tokens."""
   if d.prefix_split == "uniform":
     return 1, length - 1
+  if d.prefix_split == "pivot":  # targets = length - pivot, pivot in [ceil(L/10), floor(9L/10)]
+    return max(1, -(-length // 10)), min(length - 1, 9 * length // 10)
   if d.prefix_split == "fixed":
     t = min(max(_round_half_up(d.noise_density * length), 1), length - 1)
     return t, t
@@ -96,6 +102,8 @@ def _lengths(d: Denoiser, length: int, prefix_len: int, max_sentinels: int):
   if d.kind == "prefix_lm":
     t_lo, t_hi = _prefix_bounds(d, length)
     return prefix_len + length - t_lo, t_hi, 0, t_lo, t_hi, 0.0
+  if d.kind == "bart":
+    return prefix_len + bart.max_inputs(d.bart, length), length, 0, 0, 0, 0.0
   return prefix_len, length, 0, 0, 0, 0.0
 
 
@@ -131,12 +139,16 @@ def check_denoisers(denoisers: Sequence[Denoiser]) -> None:
         raise ValueError(f"{where}: mean_span_length must be > 0, got {d.mean_span_length!r}.")
       if not 0 < d.noise_density < 1:
         raise ValueError(f"{where}: noise_density must be in (0, 1), got {d.noise_density!r}.")
+    if d.kind == "bart":
+      if not isinstance(d.bart, bart.BartNoise):
+        raise ValueError(f"{where}: kind 'bart' needs bart=BartNoise(...), got {d.bart!r}.")
+      d.bart.check(where)
     if d.kind == "prefix_lm":
       if d.prefix_split not in PREFIX_SPLITS:
         raise ValueError(
           f"{where}: unknown prefix_split {d.prefix_split!r}; expected one of {PREFIX_SPLITS}."
         )
-      if d.prefix_split != "uniform" and not 0 < d.noise_density < 1:
+      if d.prefix_split not in ("uniform", "pivot") and not 0 < d.noise_density < 1:
         raise ValueError(
           f"{where}: noise_density (mean target fraction) must be in (0, 1), got "
           f"{d.noise_density!r}."
