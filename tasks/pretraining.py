@@ -1,7 +1,8 @@
 """Registering the pretraining objectives (UL2 MoD, UL2R, T5 span corruption, prefix LM,
 causal LM) over any text source.
 
-Every source registers the same seven tasks, `<prefix>_<objective>_v1`, whose preprocessors are:
+Every source registers one task per objective of `OBJECTIVES`, `<prefix>_<objective>_v1`,
+whose preprocessors are:
 
   rekey(text -> targets) -> tokenize -> mixture_of_denoisers(denoisers, append_eos=True)
 
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Mapping, Sequence
 
 import seqio
 
 from t5x_ext import objectives
+from t5x_ext.objectives import codet5p
 
 VERSION = "v1"
 
@@ -44,6 +47,9 @@ OBJECTIVES: dict[str, tuple] = {
   "causal_lm": objectives.CAUSAL_LM,
   "ul2_mod_noprefix": UL2_DENOISERS_NO_PREFIX,
   "sclm": SCLM_DENOISERS,
+  # [CodeT5+] Sec. 3.1, first stage: span denoising, seq2seq causal LM (pivot in 10-90%),
+  # causal LM with only `[CLM]` in the encoder; equal rates (`objectives/codet5p.py`).
+  "codet5p": codet5p.CODET5P_DENOISERS,
 }
 
 
@@ -168,7 +174,9 @@ def register_objectives(
       strings.
     vocabulary: the vocabulary of `inputs` and `targets`.
     text_key: the source's text feature.
-    objectives_map: objective name -> denoisers; default `OBJECTIVES` (all of them).
+    objectives_map: objective name -> denoisers; default `OBJECTIVES` (all of them; with
+      `mode_prefix="token"`, those whose modes have no id in `mode_token_ids`, e.g. CodeT5+'s
+      `[CLM]`, are skipped with a warning: name them in `objectives_map` to get an error).
     mode_prefix: "text" or "token" (see `denoising_preprocessors`).
     mode_token_ids: {mode: id} for "token".
     version: version suffix of the names.
@@ -187,6 +195,12 @@ def register_objectives(
   names = []
   for objective, denoisers in (objectives_map or OBJECTIVES).items():
     name = f"{name_prefix}_{objective}_{version}"
+    missing = {d.mode for d in denoisers if d.mode} - set(mode_token_ids or {})
+    if objectives_map is None and mode_prefix == "token" and mode_token_ids and missing:
+      logging.warning(
+        "Not registering %s: its modes %s have no id in mode_token_ids.", name, sorted(missing)
+      )
+      continue
     validate(
       denoisers,
       name,

@@ -11,6 +11,8 @@ registers for every corpus; backbones are the encoder-decoder given to the ablat
   sclm_ed/_dec     span corruption + causal LM in equal parts (the paper's SCLM)
   ul2_ed, ul2_dec  the UL2 Mixture-of-Denoisers with mode prefixes
   ul2_noprefix_ed/_dec  the same mixture without mode prefixes
+  codet5p_ed       CodeT5+'s first-stage mixture (span denoising, seq2seq causal LM, causal
+                   LM with `[CLM]` as the only encoder input; arXiv:2305.07922 Sec. 3.1)
 
 Decoder-only twins are compute-matched by default, as UL2 compares its backbones: as many
 layers as the encoder-decoder's decoder (its encoder has as many again), so a position costs
@@ -106,6 +108,9 @@ RUNS: dict[str, RunSpec] = {
     _spec("ul2_dec", "UL2 (Dec)", "ul2_mod", DECODER_ONLY, mode_prefixes=True),
     _spec("ul2_noprefix_ed", "UL2 no prefix (ED)", "ul2_mod_noprefix", ENCODER_DECODER),
     _spec("ul2_noprefix_dec", "UL2 no prefix (Dec)", "ul2_mod_noprefix", DECODER_ONLY),
+    # No UL2 mode prefixes: the suite scores its families under none (its own `[CLM]`
+    # marks only the causal-LM rows, which no family of the suite has).
+    _spec("codet5p_ed", "CodeT5+ (ED)", "codet5p", ENCODER_DECODER),
   )
 }
 
