@@ -93,7 +93,7 @@ def test_keeps_the_last_k_on_the_interval(tmp_path):
 def test_saving_an_existing_step_again_is_a_no_op(tmp_path):
   ckpt = _checkpointer(tmp_path, save_interval_steps=2)
   assert ckpt.save(2, _state(2))
-  assert not ckpt.save(2, _state(2), force=True)  # the loop's "last step" save after the interval
+  assert not ckpt.save(2, _state(2))  # the loop's "last step" save after the interval
   ckpt.close()
   assert ckpt.all_steps() == [2]
 

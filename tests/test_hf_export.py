@@ -283,7 +283,7 @@ def test_export_cli_from_a_model_dir(tmp_path, spm_path):
   gin.clear_config()
   _, params = _model_and_params(model.config, seed=4)
   ckpt = checkpointing.Checkpointer(model_dir, handle_sigterm=False)
-  ckpt.save(3, {"step": np.int32(3), "params": params, "opt_state": {"n": np.int32(0)}}, force=True)
+  ckpt.save(3, {"step": np.int32(3), "params": params, "opt_state": {"n": np.int32(0)}})
   ckpt.close()
   step_dir = model_dir / "checkpoints" / "3"
   args = [f"--vocabulary={spm_path}", "--dtype=bfloat16"]

@@ -84,7 +84,7 @@ class _RecordingCheckpointer:
   def should_save(self, step):
     return step % self.every == 0
 
-  def save(self, step, state, position, force=False):
+  def save(self, step, state, position):
     self.saved.append((step, position))
 
 

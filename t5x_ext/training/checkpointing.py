@@ -183,7 +183,7 @@ class Checkpointer:
 
   Args:
     model_dir: the run's directory (MODEL_DIR); checkpoints go to `<model_dir>/checkpoints`.
-    save_interval_steps: save when `step % save_interval_steps == 0` (and on `force`).
+    save_interval_steps: save when `step % save_interval_steps == 0` .
     max_to_keep: keep the newest K checkpoints (None = all).
     keep_period: also keep every checkpoint whose step is a multiple of this (None = off).
     async_save: write in a background thread; the train step continues after the device to
@@ -332,7 +332,7 @@ class Checkpointer:
     ) from error
 
   def save(
-    self, step: int, state: Any, data_state: Mapping[str, Any] | None = None, *, force: bool = False
+    self, step: int, state: Any, data_state: Mapping[str, Any] | None = None
   ) -> bool:
     """Writes a checkpoint of `state` at `step` (asynchronously unless a stop was requested).
 
@@ -344,8 +344,6 @@ class Checkpointer:
       state: train state pytree (arrays, possibly sharded). Must not be donated to a step
         before this returns (Orbax copies it to the host first).
       data_state: JSON-able dict, e.g. the data iterator position (same on every process).
-      force: accepted for symmetry with Orbax; `save` always writes (call `should_save`
-        first to follow the interval).
 
     Returns:
       Whether a save was started (False if this step is already saved).
@@ -353,7 +351,6 @@ class Checkpointer:
     Raises:
       NonFiniteStateError: if the state holds NaN/Inf (nothing is written).
     """
-    del force
     self.check_save_errors(wait=True)  # Orbax would wait for it anyway, and re-raise later
     if step in self._manager.all_steps():
       saved = False  # e.g. the last step, already saved on the interval

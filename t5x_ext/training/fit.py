@@ -32,6 +32,7 @@ from t5x_ext.training import (
   loop,
   optimizers,
   partitioning,
+  run_paths,
   run_setup,
   tensorboard_events,
 )
@@ -372,6 +373,10 @@ def tensorboard_writer(logdir: str, start: int = 0):
   """
   if start:
     tensorboard_events.truncate_after(logdir, start)
+  if run_paths.is_object_store(logdir):
+    # clu's writer goes through TensorFlow's GCS filesystem, which cannot reach an emulator
+    # and streams no appends: the scalars go through epath instead.
+    return tensorboard_events.ScalarEventWriter(logdir)
   try:
     from clu import metric_writers  # imports TensorFlow: only when TensorBoard is on
   except ImportError as e:  # pragma: no cover - tensorboard is a dependency
@@ -406,8 +411,8 @@ class _CheckpointAdapter:
   def should_save(self, step: int) -> bool:
     return self.ckpt.should_save(step)
 
-  def save(self, step, state, position, *, force=False) -> bool:
-    return self.ckpt.save(step, _state_to_tree(state), position, force=force)
+  def save(self, step, state, position) -> bool:
+    return self.ckpt.save(step, _state_to_tree(state), position)
 
 
 class _Peeked:

@@ -148,7 +148,7 @@ def train_loop(
     writer: receives `write_scalars(step, scalars)` at logging steps (process 0 only).
     checkpointer: a `checkpointing.Checkpointer` (or alike): `should_save(step)` is asked
       every step (on the interval, or after SIGTERM; a collective across processes),
-      `save(step, state, data_position, force=...)` writes, and `stop_requested` ends the
+      `save(step, state, data_position)` writes (always; `should_save` keeps the interval), and `stop_requested` ends the
       loop after a SIGTERM save. `None` saves nothing.
     progress: a progress bar.
     tokens_per_step: batch positions per step, for tokens/s and MFU.
@@ -228,7 +228,7 @@ def train_loop(
       acc.start_time += time.perf_counter() - eval_start
     if save_due:
       saved_position = position_fn(position) if position_fn else position
-      checkpointer.save(step, state, saved_position, force=is_last)
+      checkpointer.save(step, state, saved_position)
       if checkpointer.stop_requested:
         logging.warning("Stopping at step %d after the preemption checkpoint.", step)
         break
