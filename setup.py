@@ -39,6 +39,8 @@ EXTRAS = {
     # which etils.epath reaches gs:// when STORAGE_EMULATOR_HOST names an emulator.
     "gcp-storage-emulator==2026.7.19",
     "gcsfs==2026.10.1",
+    # tests/test_lm_eval.py runs the harness offline on local tasks.
+    "lm-eval==0.4.13",
   ],
   # babel..rouge-score make `t5.data.preprocessors` importable for the UL2-appendix
   # baseline of bench/data_throughput.py; t5 itself must be installed without its
@@ -55,6 +57,9 @@ EXTRAS = {
   # The ablation runner's figure (t5x_ext.experiments.ablation_report.plot).
   "experiments": ["matplotlib>=3.8"],
   "hf": ["safetensors>=0.4"],
+  # The lm-evaluation-harness model `t5x_ext` (t5x_ext/lm_eval; docs/lm_eval.md). 0.4.13
+  # installs beside the test extra's torch 2.13 / transformers 5.24 on Python 3.11.
+  "lm_eval": ["lm-eval==0.4.13"],
 }
 
 setuptools.setup(
