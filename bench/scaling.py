@@ -28,8 +28,9 @@ the measured figures out: a process's peak is not per row), and a row that fails
 of memory) is reported with its error. Prints one JSON object: the machine (device kind,
 ISA flags, load average) and `rows`; with `--plot=PATH`, a log-log plot of tokens/s and
 memory against L. `--memory_only` compiles without running steps (fast, for big rows).
-MFU is the step's model FLOP/s (`model.flops_per_token`) over the device's bf16 peak where
-the device kind is known (NVIDIA A100/H100/H200, TPU v3-v6e), else null (CPUs).
+MFU is the step's model FLOP/s (`t5x_ext.training.flops.training_flops_per_step`) over the
+device's dense bf16 peak (`flops.peak_flops_per_device`, the trainer's table) where the device
+kind is known (TPU v2-v6e, NVIDIA A100/H100/H200/B200/L4), else null (CPUs).
 """
 
 from __future__ import annotations
@@ -47,30 +48,17 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 
+from t5x_ext.training import flops  # noqa: E402
+
 SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 VARIANTS = ("plain", "chunked", "remat", "chunked_remat")
 CONFIG = "network.TransformerConfig"
 
-# Dense bf16 peak FLOP/s of one JAX device, from the vendors' data sheets (2026): NVIDIA
-# A100 312 T, H100/H200 SXM 989 T (without sparsity); Google Cloud TPU pages: v3 123 T per
-# chip (2 devices), v4 275 T, v5e 197 T, v5p 459 T, v6e 918 T per chip.
-PEAK_BF16_FLOPS = {
-  "a100": 312e12,
-  "h100": 989e12,
-  "h200": 989e12,
-  "tpuv3": 61.5e12,
-  "tpuv4": 275e12,
-  "tpuv5lite": 197e12,
-  "tpuv5e": 197e12,
-  "tpuv5p": 459e12,
-  "tpuv5": 459e12,
-  "tpuv6lite": 918e12,
-  "tpuv6e": 918e12,
-}
-
 
 def peak_flops(device_kind: str) -> float | None:
-  """Dense bf16 peak FLOP/s of a JAX device kind, or None where unknown (CPUs).
+  """Dense bf16 peak FLOP/s of one JAX device of this kind, or None where unknown (CPUs).
+
+  The trainer's table (`t5x_ext.training.flops`): one table for runs and benchmarks.
 
   Args:
     device_kind: `jax.Device.device_kind`, e.g. "NVIDIA H100 80GB HBM3", "TPU v4".
@@ -78,11 +66,7 @@ def peak_flops(device_kind: str) -> float | None:
   Returns:
     FLOP/s, or None.
   """
-  key = "".join(ch for ch in device_kind.lower() if ch.isalnum()).removeprefix("nvidia")
-  for name in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-    if key.startswith(name):
-      return PEAK_BF16_FLOPS[name]
-  return None
+  return flops.peak_flops_per_device(device_kind)
 
 
 def cpu_isa() -> str:
@@ -212,7 +196,7 @@ def measure_row(spec: dict, *, measure_process: bool = True) -> dict:
     b = partitioning.data_parallel_size(mesh) * max(1, b // partitioning.data_parallel_size(mesh))
   batch = make_batch(cfg.vocab_size, b, li, lt, spec["seed"])
   trainer = Trainer(model, optimizers.make_optimizer("adamw", 1e-4), mesh)
-  flops_per_step = model.flops_per_token({"inputs": li, "targets": lt}) * b * lt
+  flops_per_step = flops.training_flops_per_step(cfg, {"inputs": li, "targets": lt}, b)
   device = jax.devices()[0]
   row = {
     **{k: spec[k] for k in ("model", "variant", "inputs", "targets")},

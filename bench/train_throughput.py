@@ -58,8 +58,7 @@ def run(config: str, args) -> dict:
   import jax
 
   from t5x_ext.data import pipeline
-  from t5x_ext.training import metric_writers as metrics
-  from t5x_ext.training import optimizers, partitioning
+  from t5x_ext.training import flops, optimizers, partitioning
   from t5x_ext.training.loop import Prefetcher
   from t5x_ext.training.trainer import Trainer
 
@@ -103,9 +102,9 @@ def run(config: str, args) -> dict:
   waited = batches.wait_seconds - wait0
   batches.close()
   positions = args.batch * (args.inputs + args.targets)
-  flops_step = model.flops_per_token(lengths) * args.batch * args.targets
+  flops_step = flops.training_flops_per_step(model.config, lengths, args.batch)
   device = jax.devices()[0]
-  peak = metrics.peak_flops_per_device(device.device_kind)
+  peak = flops.peak_flops_per_device(device.device_kind)
   out = {
     "config": config,
     "gin_file": CONFIGS[config],

@@ -386,6 +386,10 @@ class BaseModel:
     Multiply by batch size x decoder length (targets length for encoder-decoder,
     inputs + targets for decoder-only) to get the FLOPs of one training step.
 
+    The count is `t5x_ext.training.flops.flops_per_token(self.config, lengths)` (documented
+    there); it is repeated here only because the model may not import the training floor,
+    and tests/test_flops.py holds the two equal. New callers use `flops` directly.
+
     Args:
       lengths: {"inputs": I, "targets": T} task feature lengths ("inputs" may be absent
         for a decoder-only causal LM).
