@@ -77,6 +77,36 @@ def _uncached_greedy(model, params, ids, decode_len):
   return seq[start:]
 
 
+def _uncached_beam(model, params, ids, decode_len, beam_size, alpha=0.6):
+  """Beam search as `decoding.beam_search` documents it, by full forward passes (no cache).
+
+  The alive beams' 2K best continuations: one ending in EOS among the K best is finished
+  with score `log p / ((5 + length) / 6) ** alpha`, the K best others stay alive; at
+  `decode_len` the alive ones compete too. Encoder-decoder only.
+  """
+  apply = jax.jit(model.module.apply)
+  enc = np.zeros((beam_size, 32), np.int32)
+  enc[:, : len(ids)] = ids
+  alive, finished = [([], 0.0)], []
+  for i in range(decode_len):
+    tokens = np.zeros((beam_size, 48), np.int32)
+    for row, (seq, _) in enumerate(alive):
+      tokens[row, 1 : 1 + len(seq)] = seq
+    logits = np.asarray(apply({"params": params}, enc, tokens), np.float64)[: len(alive), i]
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    total = np.array([lp for _, lp in alive])[:, None] + logp
+    best = np.argsort(-total, axis=None, kind="stable")[: 2 * beam_size]
+    vocab = total.shape[1]
+    cands = [(alive[j // vocab][0] + [int(j % vocab)], float(total.flat[j])) for j in best]
+    for rank, (seq, lp) in enumerate(cands):
+      if seq[-1] == 1 and rank < beam_size:
+        finished.append((lp / ((5 + i + 1) / 6) ** alpha, seq))
+    alive = [(seq, lp) for seq, lp in cands if seq[-1] != 1][:beam_size]
+  finished += [(lp / ((5 + decode_len) / 6) ** alpha, seq) for seq, lp in alive]
+  return max(finished)[1]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """The tiny encoder-decoder after 2 training steps: (model_dir, model, params)."""
@@ -124,7 +154,7 @@ def test_prompts_with_a_mode_prefix_print_and_write_greedy_predictions(trained, 
 
 
 def test_prompts_file_sampling_and_beam(trained, tmp_path):
-  model_dir, _, _ = trained
+  model_dir, model, params = trained
   jsonl = tmp_path / "prompts.jsonl"
   jsonl.write_text("".join(json.dumps({"text": p, "id": i}) + "\n" for i, p in enumerate(PROMPTS)))
   runs = {}
@@ -148,6 +178,16 @@ def test_prompts_file_sampling_and_beam(trained, tmp_path):
     assert [r["inputs"] for r in records] == PROMPTS, method  # no MODE_PREFIX: as typed
     for r in records:
       assert 1 <= len(r["prediction_ids"]) <= 6
+  # Greedy and beam search (BEAM_SIZE = 3, not infer's default of 4) against full forward
+  # passes; for these prompts 3 beams find other sequences than 1 or 4 beams do.
+  vocab = tasks.default_vocabulary()
+  ids = [[*vocab.encode(p), 1] for p in PROMPTS]
+  assert [r["prediction_ids"] for r in runs["greedy"]] == [
+    _uncached_greedy(model, params, x, 6) for x in ids
+  ]
+  beams = {k: [_uncached_beam(model, params, x, 6, k) for x in ids] for k in (1, 3, 4)}
+  assert beams[3] != beams[4] and beams[3] != beams[1], beams
+  assert [r["prediction_ids"] for r in runs["beam"]] == beams[3]
   # Hot sampling leaves the greedy path somewhere (6 tokens x 3 prompts).
   assert [r["prediction_ids"] for r in runs["sample"]] != [
     r["prediction_ids"] for r in runs["greedy"]
