@@ -140,7 +140,7 @@ def test_ablation_smoke_on_a_user_corpus_from_mixture_or_task_module(tmp_path, u
       "--gin.TRAIN_STEPS=2",
       "--gin.RUNS=['sc_ed']",
       "--gin.EXTRA_SEEDS={}",
-      "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 64}",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}",
       "--gin.BATCH_SIZE=2",
       "--gin.LOG_EVERY=1",
       "--gin.EVAL_PARTS=('family_loss', 'mode_matrix')",
