@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from t5x_ext.launch import scaffold as entry
-from t5x_ext.training import checkpointing, hosts, partitioning, run_setup
+from t5x_ext.training import checkpointing, hosts, partitioning, run_paths, run_setup
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 DECODE_METHODS = ("greedy", "sample", "beam")
@@ -132,11 +132,11 @@ def infer(
 
   if output_file is None:
     stem = "prompts" if use_prompts else f"{mixture_or_task_name}-{split}"
-    output_file = str(pathlib.Path(model_dir) / "inference" / f"{stem}.jsonl")
+    output_file = os.fspath(run_paths.path(model_dir, "inference", f"{stem}.jsonl"))
   if num_shards > 1:
     stem = output_file[: -len(".jsonl")] if output_file.endswith(".jsonl") else output_file
     output_file = f"{stem}-{shard_id:05d}-of-{num_shards:05d}.jsonl"
-  path = pathlib.Path(output_file)
+  path = run_paths.path(output_file)  # MODEL_DIR may be a bucket: epath, not pathlib
   path.parent.mkdir(parents=True, exist_ok=True)
 
   if use_prompts:
@@ -181,7 +181,7 @@ def infer(
   trainer = params = None
   rng = jax.random.key(seed)
   index = 0
-  with open(path, "w") as f:
+  with path.open("w") as f:
     for examples, batch in batches:
       if trainer is None:
         trainer, params = _load(

@@ -54,6 +54,35 @@ import pytest
 BUCKET = "t5x-ext-test"
 START_TIMEOUT_S = 30.0
 
+# gcp-storage-emulator 2026.7 sends an object's bytes without the `x-goog-generation` header,
+# which real GCS always sends and tensorstore's gcs driver needs to read an object back
+# (Orbax's OCDBT manifest: "Malformed StorageGeneration"). The emulator runs with it added.
+_LAUNCHER = """
+import sys
+from gcp_storage_emulator import __main__ as cli, server
+from gcp_storage_emulator.handlers import objects
+
+_download = objects.download
+
+
+def download(request, response, storage, *args, **kwargs):
+  _download(request, response, storage, *args, **kwargs)
+  try:
+    obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+  except Exception:
+    return
+  response["x-goog-generation"] = str(obj["generation"])
+  response["x-goog-metageneration"] = str(obj["metageneration"])
+
+
+objects.download = download
+for _, handlers in server.HANDLERS:
+  for method, handler in list(handlers.items()):
+    if handler is _download:
+      handlers[method] = download
+cli.main(sys.argv[1:])
+"""
+
 
 def _free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -148,8 +177,10 @@ def running_emulator(bucket: str = BUCKET):
   """
   port = _free_port()
   host = f"http://127.0.0.1:{port}"
-  cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1"]
-  cmd += [f"--port={port}", "--in-memory", f"--default-bucket={bucket}"]
+  # `gcp-storage-emulator start --host=127.0.0.1 --port=PORT --in-memory --default-bucket=NAME`,
+  # through the launcher above; --quiet: no log line per request.
+  cmd = [sys.executable, "-c", _LAUNCHER, "start", "--host=127.0.0.1", f"--port={port}"]
+  cmd += ["--in-memory", f"--default-bucket={bucket}", "--quiet"]
   # The emulator logs every request: to a file, not a pipe nobody drains.
   log = tempfile.TemporaryFile(mode="w+")
   proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -180,3 +180,126 @@ def test_jsonl_and_event_writers_on_a_bucket(gcs_emulator, tmp_path):  # noqa: F
   records = event_file_loader.RawEventFileLoader(str(local)).Load()
   steps = [event_pb2.Event.FromString(r).step for r in records]
   assert steps == [0, 1, 2, 3]  # the file_version record, then the steps kept
+
+
+# ---- the main job, eval, infer and the ablation smoke with MODEL_DIR in the bucket
+
+MAIN_JOB = [
+  "--gin_file=local/ul2_tiny.gin",  # found on the package's gin path from any directory
+  "--gin.BATCH_SIZE=2",
+  "--gin.LOG_EVERY=1",
+  "--gin.CHECKPOINT_EVERY=2",
+  "--gin.EVAL_PERIOD=2",
+  "--gin.EVAL_BATCHES=1",
+  "--gin.train_script.train.samples_per_mode=0",
+  "--gin.train_script.train.progress_bar=False",
+]
+
+
+def _objects(gcs_emulator, root: str) -> set[str]:  # noqa: F811
+  """The bucket's object names under `root`, relative to it."""
+  prefix = root.removeprefix(gcs_emulator.root + "/") + "/"
+  return {n.removeprefix(prefix) for n in gcs_emulator.list_objects(prefix)}
+
+
+def _local_files(cwd) -> list[str]:
+  return sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
+
+
+@pytest.mark.slow
+def test_main_job_eval_infer_and_ablation_keep_every_output_in_the_bucket(
+  gcs_emulator,  # noqa: F811
+  empty_cwd,
+):
+  from t5x_ext import eval as eval_lib
+  from t5x_ext import infer as infer_lib
+  from t5x_ext import train as train_lib
+  from t5x_ext.experiments import ablation
+  from t5x_ext.training import metric_writers
+  from tests.test_ablation import _argv as ablation_argv
+
+  root = gcs_emulator.fresh_prefix("main")
+  # 1. Two steps through the command line, as a user starts it: only STORAGE_EMULATOR_HOST
+  #    names the emulator (the library derives what epath, gcsfs and tensorstore need).
+  proc = subprocess.run(
+    [sys.executable, "-m", "t5x_ext.train", *MAIN_JOB, f"--gin.MODEL_DIR='{root}'"]
+    + ["--gin.TRAIN_STEPS=2"],
+    cwd=empty_cwd,
+    env={**_base_env(), **gcs_emulator.env},
+    capture_output=True,
+    text=True,
+    timeout=400,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  objects = _objects(gcs_emulator, root)
+  assert {"config.gin", "metrics/train.jsonl", "metrics/eval.jsonl"} <= objects
+  assert "checkpoints/2/commit_success.txt" in objects
+  assert ".lock" not in objects  # the lease is deleted on a clean exit
+  assert _local_files(empty_cwd) == []
+
+  # 2. Resume to step 4 (in this process), then eval and infer find its checkpoints.
+  result = train_lib.main([*MAIN_JOB, f"--gin.MODEL_DIR='{root}'", "--gin.TRAIN_STEPS=4"])
+  assert int(result.state.step) == 4
+  rows = metric_writers.read_jsonl(f"{root}/metrics/train.jsonl")
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  evals = eval_lib.main(
+    [
+      "--gin_file=local/tiny_model.gin",
+      "--gin_file=runs/eval.gin",
+      "--gin.MIXTURE_OR_TASK_NAME='pydocs_ul2_mod_v1'",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 128}",
+      "--gin.BATCH_SIZE=2",
+      f"--gin.MODEL_DIR='{root}'",
+      "--gin.eval_script.evaluate.max_batches=1",
+      "--gin.eval_script.evaluate.max_predict_examples=0",
+    ]
+  )
+  assert evals["step"] == 4
+  out = infer_lib.main(
+    [
+      "--gin_file=local/tiny_model.gin",
+      "--gin_file=runs/infer.gin",
+      "--gin.MIXTURE_OR_TASK_NAME='pydocs_ul2_mod_v1'",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 512, 'targets': 128}",
+      "--gin.BATCH_SIZE=2",
+      f"--gin.MODEL_DIR='{root}'",
+      "--gin.PROMPTS=['The garbage collector']",
+      "--gin.infer_script.infer.decode_len=4",
+    ]
+  )
+  assert out == f"{root}/inference/prompts.jsonl"
+  objects = _objects(gcs_emulator, root)
+  for name in (
+    "config.gin",
+    "metrics/train.jsonl",
+    "metrics/eval.jsonl",
+    "checkpoints/2/commit_success.txt",
+    "checkpoints/4/commit_success.txt",
+    "inference/prompts.jsonl",
+  ):
+    assert name in objects, (name, sorted(objects))
+  assert any(n.startswith("tensorboard/train/events.out.tfevents.") for n in objects)
+  assert any(n.startswith("tensorboard/eval/events.out.tfevents.") for n in objects)
+  eval_rows = metric_writers.read_jsonl(f"{root}/metrics/eval.jsonl")
+  assert [r["step"] for r in eval_rows] == [2, 4, 4]  # periodic at 2 and 4, then the command
+  (pred,) = [json.loads(line) for line in gcs_emulator.read(out).decode().splitlines()]
+  assert pred["inputs"] == "The garbage collector"
+
+  # 3. The ablation smoke (one run, two steps, its eval) in the bucket.
+  abl = gcs_emulator.fresh_prefix("ablation")
+  record = ablation.main(ablation_argv(abl, runs=("sc_ed",), extra="{}"))
+  assert record["invocation"]["trained"] == ["sc_ed_seed0"]
+  objects = _objects(gcs_emulator, abl)
+  for name in (
+    "config.gin",
+    ablation.RESULTS_JSON,
+    ablation.RESULTS_MD,
+    ablation.RESULTS_PNG,
+    "ablation_invocations.jsonl",
+    f"runs/sc_ed_seed0/{ablation.TRAIN_MARKER}",
+    "runs/sc_ed_seed0/checkpoints/2/commit_success.txt",
+    "runs/sc_ed_seed0/metrics/train.jsonl",
+  ):
+    assert name in objects, (name, sorted(objects))
+  assert any(n.startswith(f"runs/sc_ed_seed0/{ablation.EVAL_DIR}/") for n in objects)
+  assert _local_files(empty_cwd) == []

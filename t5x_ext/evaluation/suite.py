@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 import shutil
 import tempfile
 import time
@@ -45,7 +44,7 @@ import jax
 from t5x_ext.evaluation import mode_matrix, report
 from t5x_ext.evaluation import probes as probes_lib
 from t5x_ext.evaluation import rank_classification as rank_lib
-from t5x_ext.training import partitioning
+from t5x_ext.training import partitioning, run_paths
 
 FAMILIES = mode_matrix.FAMILIES
 PREFIXES = mode_matrix.COLUMNS
@@ -357,16 +356,13 @@ def write_results(
   """
   from t5x_ext.training import checkpointing
 
-  path = pathlib.Path(model_dir) / "metrics" / RESULTS_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
+  path = run_paths.path(model_dir, "metrics", RESULTS_FILE)  # a bucket too: epath
   record = {
     "step": checkpointing.checkpoint_step(checkpoint_path),
     "checkpoint_path": os.fspath(checkpoint_path),
     "results": dict(results),
     "seconds": dict(seconds or {}),
   }
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+  run_paths.write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
   logging.info("Evaluation suite results: %s", path)
-  return str(path)
+  return os.fspath(path)

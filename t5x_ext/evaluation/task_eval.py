@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from t5x_ext.evaluation import seqio_metrics as seqio_metrics_lib
 from t5x_ext.evaluation.teacher_forced import teacher_forced_metrics
-from t5x_ext.training import checkpointing, hosts, partitioning, run_setup
+from t5x_ext.training import checkpointing, hosts, partitioning, run_paths, run_setup
 from t5x_ext.training import metric_writers as metrics_lib
 
 
@@ -131,7 +130,7 @@ def evaluate(
     )
     results.update({f"eval/{k}": v for k, v in seq.items()})
   if jax.process_index() == 0:
-    writer = metrics_lib.JsonlWriter(pathlib.Path(model_dir) / "metrics" / "eval.jsonl")
+    writer = metrics_lib.JsonlWriter(run_paths.path(model_dir, "metrics", "eval.jsonl"))
     writer.write_scalars(results["step"], {k: v for k, v in results.items() if k != "step"})
     writer.close()
     if verbose:
