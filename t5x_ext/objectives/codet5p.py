@@ -16,9 +16,11 @@ mixture of:
 
 Mixing rates: the paper's text available here does not give them, so the three have equal
 rates (1/3 each); `codet5p_denoisers(span_rate=..., seq2seq_rate=..., clm_rate=...)`
-sets others. Departures from the paper: spans are drawn over subword tokens (the paper
-samples them before subword tokenization, over whole words, as CodeT5 did), and the span
-lengths follow T5's random segmentation with mean 3 (the paper's are uniform with mean 3).
+sets others. Departures from the paper, by our reading of Sec. 3.1 (not checked against
+released pretraining code, which was not available): spans are drawn over subword tokens
+(the paper masks whole words, sampling spans before subword tokenization as CodeT5 did), and
+span lengths follow this package's span segmentation with mean 3 (`corruption.py`; the paper
+draws them from a uniform distribution with mean 3).
 Only the first stage is here; the second (text-code contrastive and matching) needs paired
 data and other heads.
 
