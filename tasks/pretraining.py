@@ -47,6 +47,9 @@ OBJECTIVES: dict[str, tuple] = {
   "causal_lm": objectives.CAUSAL_LM,
   "ul2_mod_noprefix": UL2_DENOISERS_NO_PREFIX,
   "sclm": SCLM_DENOISERS,
+  # [BART] the released BART-large noises: text infilling (mask 30% of words, Poisson(3.5)
+  # spans, one mask each, 10% random), every sentence permuted (`objectives/bart.py`).
+  "bart": objectives.BART_LARGE,
   # [CodeT5+] Sec. 3.1, first stage: span denoising, seq2seq causal LM (pivot in 10-90%),
   # causal LM with only `[CLM]` in the encoder; equal rates (`objectives/codet5p.py`).
   "codet5p": codet5p.CODET5P_DENOISERS,
