@@ -30,7 +30,7 @@ def tiny_model():
   return model
 
 
-def train_losses(model_dir, mesh_shape, steps=5, batch_size=8, **kwargs):
+def train_losses(model_dir, mesh_shape, steps=5, batch_size=8, learning_rate=0.01, **kwargs):
   """Trains `steps` steps and returns (losses per step, TrainResult)."""
   from t5x_ext import train
   from t5x_ext.training import metric_writers as metrics
@@ -44,7 +44,7 @@ def train_losses(model_dir, mesh_shape, steps=5, batch_size=8, **kwargs):
     batch_size=batch_size,
     mesh_shape=mesh_shape,
     log_every=1,
-    learning_rate=0.01,
+    learning_rate=learning_rate,
     tensorboard=False,
     progress_bar=False,
     **kwargs,
