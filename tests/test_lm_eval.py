@@ -336,8 +336,6 @@ def test_cli_on_eight_devices_gives_the_same_numbers(encdec, harness_run, tmp_pa
     "--output_path",
     str(tmp_path / "out"),
     "--log_samples",
-    "--bootstrap_iters",
-    "0",
   ]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
   assert proc.returncode == 0, proc.stderr[-4000:]
