@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -46,6 +47,47 @@ models.EncoderDecoderModel.config = @network.TransformerConfig()
 network.TransformerConfig:
 {chr(10).join(f"  {f.name} = {getattr(CONFIG, f.name)!r}" for f in dataclasses.fields(CONFIG))}
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deadline():
+  """Fails the module with a TimeoutError, instead of hanging the suite, past TIMEOUT_S."""
+
+  def expire(signum, frame):
+    raise TimeoutError(f"tests/test_lm_eval.py ran past {TIMEOUT_S} s")
+
+  previous = signal.signal(signal.SIGALRM, expire)
+  signal.alarm(TIMEOUT_S)
+  yield
+  signal.alarm(0)
+  signal.signal(signal.SIGALRM, previous)
+
+
+def test_layout_cuts_contexts_from_the_left_and_keeps_the_prefix():
+  lay = layout_lib.Layout(
+    feature_converter_name=layout_lib.ENCODER_DECODER,
+    prefix=(7, 8),
+    eos_id=1,
+    context_eos=True,
+    continuation_eos=True,
+    max_length=6,
+    max_target_length=4,
+  )
+  batch = lay.score_rows([layout_lib.Pair((10, 11, 12, 13, 14), (20, 21))], rows=2)
+  # [prefix] + the context's end + EOS; targets + EOS; a zero padding row.
+  assert batch["encoder_input_tokens"].tolist() == [[7, 8, 12, 13, 14, 1], [0] * 6]
+  assert batch["decoder_target_tokens"].tolist() == [[20, 21, 1, 0], [0] * 4]
+  assert batch["decoder_input_tokens"].tolist() == [[0, 20, 21, 0], [0] * 4]
+  assert batch["decoder_loss_weights"].tolist() == [[1, 1, 1, 0], [0] * 4]
+  prefix_lm = dataclasses.replace(
+    lay, feature_converter_name="PrefixLMFeatureConverter", continuation_eos=False, max_length=8
+  )
+  batch = prefix_lm.score_rows([layout_lib.Pair((10, 11, 12, 13, 14), (20, 21))], rows=1)
+  assert batch["decoder_target_tokens"].tolist() == [[7, 8, 12, 13, 14, 1, 20, 21]]
+  assert batch["decoder_input_tokens"].tolist() == [[0, 7, 8, 12, 13, 14, 1, 20]]
+  assert batch["decoder_causal_attention"].tolist() == [[1, 1, 1, 1, 1, 1, 1, 0]]
+  assert batch["decoder_loss_weights"].tolist() == [[0, 0, 0, 0, 0, 0, 1, 1]]
+  assert [layout_lib.bucket(n, 100) for n in (1, 16, 17, 33, 99)] == [16, 16, 32, 64, 100]
 
 
 @pytest.fixture(scope="module")
