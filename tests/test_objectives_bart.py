@@ -524,3 +524,31 @@ def test_bart_task_is_registered_per_corpus(vocab):
   assert pretraining.task_denoisers(task) == objectives.BART_LARGE
   ex = next(task.get_dataset(SHORT, split="train", shuffle=False, seed=0).as_numpy_iterator())
   assert (ex["inputs"] == 8000).any() and ex["targets"][-1] == 1
+
+
+def test_inspector_and_html_view_show_masks_deletions_and_sentences(vocab):
+  import io
+
+  from t5x_ext.data import display
+  from t5x_ext.data import inspect as inspector
+  from tasks import pretraining
+
+  text = " ".join(f"Sentence number {i} says something here." for i in range(30))
+  source = seqio.FunctionDataSource(
+    lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices([text] * 4).map(
+      lambda t: {"text": t}
+    ),
+    splits=["train"],
+  )
+  pretraining.register_objectives(
+    "bartview", source, vocab, objectives_map={"bart": objectives.BART_LARGE}
+  )
+  page = display.task_examples_html("bartview_bart_v1", SHORT, split="train")
+  assert page.count(">M</span>") >= 3  # the mask chips (legend included)
+  assert "line-through" in page  # text a span deleted, struck through in the targets
+  assert page.count("&#167;") >= 4  # original sentence numbers in inputs and targets
+  out = io.StringIO()
+  inspector.inspect("bartview_bart_v1", SHORT, n=1, stats_examples=20, out=out)
+  printed = out.getvalue()
+  assert "⟦M⟧" in printed and "noise:" in printed and "sentence jumps" in printed
+  assert inspector.render([5, 8000, 1], vocab, 8000).endswith("⟦M⟧ </s>")

@@ -240,7 +240,9 @@ def legend_html() -> Html:
   return Html(
     f'<div style="{_STYLE}">mode prefix: {modes} &nbsp; sentinel k: {_chip(0)} {_chip(1)} ... '
     f"with its span in the targets {_shade('shaded the same', SPAN_COLOURS[0])} &nbsp; "
-    f"prefix-LM continuation: {_shade('shaded', CONTINUATION_COLOUR)}</div>"
+    f"prefix-LM continuation: {_shade('shaded', CONTINUATION_COLOUR)} &nbsp; BART: "
+    f"{_MASK_CHIP} mask, {_shade('random or inserted', RANDOM_COLOUR)}, "
+    f"{_sentence_badge(0)} sentence of the original, {_DELETED_SAMPLE}</div>"
   )
 
 
@@ -265,8 +267,8 @@ def task_examples(
     max_scan: look at most at this many examples (rare denoisers may be missing after it).
 
   Returns:
-    Dicts `{"denoiser", "inputs", "targets", "prefix_len"}` (`denoiser` a `Denoiser`), in the
-    order of the task's denoisers.
+    Dicts `{"denoiser", "inputs", "targets", "prefix_len"}` (`denoiser` a `Denoiser`; BART
+    examples also carry their noise record, `noise_*`), in the order of the task's denoisers.
 
   Raises:
     ValueError: naming the task when it has no Mixture-of-Denoisers preprocessor.
@@ -289,6 +291,8 @@ def task_examples(
     raise ValueError(f"split = {split!r} is not a split of {task_name!r} ({list(task.splits)}).")
   wanted = [per_denoiser] * len(denoisers)
   picked: list[list[dict]] = [[] for _ in denoisers]
+  if any(d.kind == "bart" for d in denoisers):
+    task = with_noise_record(task)  # BART examples are shown with what the noise did
   ds = task.get_dataset(
     dict(task_feature_lengths), split=split, shuffle=False, seed=seed, num_epochs=None
   )
@@ -302,6 +306,7 @@ def task_examples(
           "inputs": np.asarray(ex["inputs"]),
           "targets": np.asarray(ex["targets"]),
           "prefix_len": len(prefixes[k]),
+          **{key: np.asarray(v) for key, v in ex.items() if key.startswith("noise_")},
         }
       )
     if not any(wanted):
@@ -335,6 +340,7 @@ def task_examples_html(
 
   vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
   blocks = [legend_html()]
+  tables = None
   for ex in task_examples(
     task_name,
     task_feature_lengths,
@@ -344,6 +350,24 @@ def task_examples_html(
     max_scan=max_scan,
   ):
     d = ex["denoiser"]
+    if d.kind == "bart" and "noise_order" in ex:
+      from t5x_ext.objectives import bart
+
+      word_start, sentence_end = tables or bart.piece_tables(vocabulary)
+      tables = (word_start, sentence_end)
+      blocks.append(
+        bart_example_html(
+          ex,
+          vocabulary,
+          sentence_end=sentence_end,
+          word_start=word_start,
+          mask_id=bart.mask_ids([d], vocabulary)[0],
+          title=d.describe(),
+          mode=d.mode,
+          prefix_len=ex["prefix_len"],
+        )
+      )
+      continue
     blocks.append(
       example_html(
         ex["inputs"],
@@ -355,6 +379,174 @@ def task_examples_html(
       )
     )
   return Html("".join(blocks))
+
+
+# BART examples: the mask chip, random tokens, inserted tokens and deletions.
+MASK_COLOUR = "#343a40"
+RANDOM_COLOUR = "#ffc9c9"
+DELETED_COLOUR = "#adb5bd"
+
+
+def with_noise_record(task: Any) -> Any:
+  """An unregistered copy of a task whose Mixture-of-Denoisers step adds the noise record.
+
+  Its BART examples then carry `noise_order`, `noise_fate`, `noise_source`,
+  `noise_rotation` (see `t5x_ext.objectives.bart_noise`); the other examples are unchanged.
+
+  Args:
+    task: a `seqio.Task` registered by `tasks.pretraining`.
+
+  Returns:
+    A `seqio.Task` (the same task when it has no such step).
+  """
+  import functools
+
+  import seqio
+
+  from t5x_ext import objectives
+
+  procs, changed = [], False
+  for p in task.preprocessors:
+    if isinstance(p, functools.partial) and p.func is objectives.mixture_of_denoisers:
+      p = functools.partial(p.func, *p.args, **{**p.keywords, "noise_record": True})
+      changed = True
+    procs.append(p)
+  if not changed:
+    return task
+  return seqio.Task(
+    f"{task.name}_noise_record",
+    source=task.source,
+    preprocessors=procs,
+    output_features=task.output_features,
+  )
+
+
+_MASK_CHIP = (
+  f'<span title="mask" style="background:{MASK_COLOUR}; color:white; '
+  'border-radius:3px; padding:0 3px; font-weight:bold">M</span>'
+)
+_DELETED_SAMPLE = (
+  f'<span style="color:{DELETED_COLOUR}; text-decoration:line-through">deleted</span>'
+)
+
+
+def _runs_html(ids, styles, vocabulary) -> str:
+  """Consecutive ids with the same style decoded together; style None is plain text."""
+  parts, run, current = [], [], None
+
+  def flush():
+    if run:
+      text = html.escape(vocabulary.decode(list(run)))
+      parts.append(text if current is None else f'<span style="{current}">{text}</span>')
+      run.clear()
+
+  for t, style in zip(ids, styles):
+    if style == "mask":
+      flush()
+      parts.append(_MASK_CHIP)
+      continue
+    if style != current:
+      flush()
+      current = style
+    run.append(int(t))
+  flush()
+  return " ".join(p for p in parts if p)
+
+
+def _sentence_badge(k: int) -> str:
+  colour = SPAN_COLOURS[k % len(SPAN_COLOURS)]
+  return (
+    f'<span title="sentence {k + 1} of the original" style="background:{colour}; '
+    f'border-radius:3px; padding:0 3px; font-size:10px">&#167;{k + 1}</span>'
+  )
+
+
+def bart_example_html(
+  ex: Mapping[str, Any],
+  vocabulary: Any,
+  *,
+  sentence_end: Any,
+  word_start: Any,
+  mask_id: int,
+  title: str = "",
+  mode: str = "",
+  prefix_len: int = 0,
+) -> Html:
+  """A BART example with its noise record: sentences numbered as in the original (`§k`
+  badges show the permutation), masks as `M` chips, random and inserted tokens shaded, and
+  in the targets the masked text shaded and the deleted text struck through.
+
+  Args:
+    ex: an example with `inputs`, `targets` and the noise record (`with_noise_record`).
+    vocabulary: the task's vocabulary.
+    sentence_end: bool [V] per-id table (`objectives.bart.piece_tables`).
+    word_start: bool [V] per-id table.
+    mask_id: the mask token.
+    title: heading text.
+    mode: the mode, for the border colour.
+    prefix_len: mode-prefix ids at the start of `inputs`.
+
+  Returns:
+    `Html`.
+  """
+  targets = np.asarray(ex["targets"])
+  inputs = np.asarray(ex["inputs"])
+  eos = int(getattr(vocabulary, "eos_id", 1))
+  t = targets[:-1] if targets.size and targets[-1] == eos else targets
+  x = inputs[prefix_len:]
+  x = x[:-1] if x.size and x[-1] == eos else x
+  order, fate, src = (np.asarray(ex[k]) for k in ("noise_order", "noise_fate", "noise_source"))
+  ws = np.append(np.asarray(word_start)[t][1:], True)
+  ends = np.asarray(sentence_end)[t] & ws
+  ends[-1:] = True
+  sent = np.cumsum(ends) - ends  # sentence of each original token
+  fate_orig = np.zeros(len(t), int)
+  fate_orig[order] = fate
+
+  def with_badges(ids, styles, sentence):
+    out, start = [], 0
+    for i in range(1, len(ids) + 1):
+      if i == len(ids) or sentence[i] != sentence[i - 1]:
+        if sentence[start] >= 0:
+          out.append(_sentence_badge(int(sentence[start])))
+        out.append(_runs_html(ids[start:i], styles[start:i], vocabulary))
+        start = i
+    return " ".join(out)
+
+  tgt_styles = [
+    None
+    if f == 0
+    else f"background:{SPAN_COLOURS[0]}"
+    if f in (1, 2)
+    else f"color:{DELETED_COLOUR}; text-decoration:line-through"
+    for f in fate_orig
+  ]
+  in_styles, in_sent = [], []
+  for i, s in enumerate(src):
+    # Inserted tokens take the sentence of the token before them.
+    in_sent.append(int(sent[order[s]]) if s >= 0 else (in_sent[-1] if in_sent else -1))
+    f = fate[s] if s >= 0 else (1 if int(x[i]) == mask_id else 2)
+    in_styles.append(None if f == 0 else "mask" if f == 1 else f"background:{RANDOM_COLOUR}")
+  prefix = ""
+  if prefix_len:
+    prefix = _badge(vocabulary.decode([int(i) for i in inputs[:prefix_len]]), MODE_COLOURS[mode])
+  rot = int(ex.get("noise_rotation", 0))
+  rows = [
+    ("inputs", " ".join(p for p in (prefix, with_badges(x, in_styles, in_sent)) if p)),
+    ("targets", with_badges(t, tgt_styles, sent)),
+  ]
+  body = "".join(
+    f'<tr><td style="vertical-align:top; padding-right:8px; color:#495057">{name}</td>'
+    f'<td style="{_STYLE}; text-align:left">{markup}</td></tr>'
+    for name, markup in rows
+  )
+  note = f" · rotated by {rot}" if rot else ""
+  head = f'<div style="font-weight:bold; margin-bottom:2px">{html.escape(title + note)}</div>'
+  colour = MODE_COLOURS.get(mode, MODE_COLOURS[""])
+  return Html(
+    f'<div style="border-left:4px solid {colour}; padding:4px 8px; margin:6px 0">'
+    f"{head if title or note else ''}<table>{body}</table></div>"
+  )
 
 
 def predictions_html(

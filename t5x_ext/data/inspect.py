@@ -25,7 +25,7 @@ import numpy as np
 import seqio
 
 from t5x_ext import objectives
-from t5x_ext.data import feature_converters
+from t5x_ext.data import display, feature_converters
 from t5x_ext.data.display import sentinel_index  # the one definition (T5: top ids, descending)
 
 
@@ -39,12 +39,13 @@ class _Acc:
   spans: int = 0
 
 
-def render(ids: Sequence[int], vocabulary: seqio.Vocabulary) -> str:
-  """Decodes ids to text, showing sentinels as `⟦k⟧` and EOS as `</s>`.
+def render(ids: Sequence[int], vocabulary: seqio.Vocabulary, mask_id: int | None = None) -> str:
+  """Decodes ids to text, showing sentinels as `⟦k⟧`, BART's mask as `⟦M⟧`, EOS as `</s>`.
 
   Args:
     ids: token ids (padding 0 is dropped).
     vocabulary: the vocabulary.
+    mask_id: BART's mask token, if the example is a BART one.
 
   Returns:
     The text.
@@ -61,13 +62,27 @@ def render(ids: Sequence[int], vocabulary: seqio.Vocabulary) -> str:
     if t == 0:
       continue
     k = sentinel_index(t, vocabulary)
-    if k is not None or t == vocabulary.eos_id:
+    if t == mask_id:
+      flush()
+      parts.append("⟦M⟧")
+    elif k is not None or t == vocabulary.eos_id:
       flush()
       parts.append(f"⟦{k}⟧" if k is not None else "</s>")
     else:
       run.append(t)
   flush()
   return " ".join(p for p in parts if p)
+
+
+def _bart_summary(ex) -> str:
+  """One line on what BART's noise did to an example (from its noise record)."""
+  order, fate, src = ex["noise_order"], ex["noise_fate"], ex["noise_source"]
+  moved = int(np.sum(np.diff(order) != 1)) if len(order) > 1 else 0
+  return (
+    f"{int(np.sum(fate == 1))} masks, {int(np.sum(fate == 2))} random tokens, "
+    f"{int(np.sum(fate == 3))} tokens deleted, {int(np.sum(src < 0))} inserted, "
+    f"{moved} sentence jumps (permutation), rotated by {int(ex['noise_rotation'])}"
+  )
 
 
 def _prefixes(denoisers, vocabulary) -> list[list[int]]:
@@ -96,6 +111,15 @@ def _measure(ex, d, prefix_len: int, vocabulary, acc: _Acc) -> None:
   if d.kind == "prefix_lm":
     acc.noise += len(tgt_body)
     acc.text += len(tgt_body) + len(in_body)
+    return
+  if d.kind == "bart":
+    # Text hidden under masks or deleted: target tokens not visible in the inputs (random
+    # replacements count as visible); "spans" are the masks.
+    (mask_id,) = objectives.bart.mask_ids([d], vocabulary)
+    masks = sum(t == mask_id for t in in_body)
+    acc.noise += max(len(tgt_body) - (len(in_body) - masks), 0)
+    acc.text += len(tgt_body)
+    acc.spans += masks
     return
   in_sent = sum(sentinel_index(t, vocabulary) is not None for t in in_body)
   tgt_sent = sum(sentinel_index(t, vocabulary) is not None for t in tgt_body)
@@ -153,6 +177,8 @@ def denoiser_statistics(
     spec_density = None
     if d is not None:
       spec_density = 1.0 if d.kind == "causal_lm" else d.noise_density
+      if d.kind == "bart":
+        spec_density = d.bart.mask_ratio  # of words; measured in tokens
       if d.kind == "prefix_lm" and d.prefix_split == "uniform":
         spec_density = 0.5
     rows.append(
@@ -275,16 +301,24 @@ def inspect(
     for k, d in enumerate(denoisers):
       p(f"  denoiser {k}: {d.describe()}")
   p("")
-  ds = provider.get_dataset(task_feature_lengths, split=split, shuffle=False, seed=seed)
+  shown = provider
+  if denoisers and any(d.kind == "bart" for d in denoisers):
+    shown = display.with_noise_record(provider)  # BART examples say what the noise did
+  ds = shown.get_dataset(task_feature_lengths, split=split, shuffle=False, seed=seed)
   for i, ex in enumerate(ds.take(n).as_numpy_iterator()):
     head = f"--- example {i}"
+    mask_id = None
     if denoisers and "denoiser_id" in ex:
       d = denoisers[int(ex["denoiser_id"])]
       head += f"  denoiser={d.name}  mode={d.mode or '(none)'}"
+      if d.kind == "bart":
+        (mask_id,) = objectives.bart.mask_ids([d], vocabulary)
     p(head)
     if "inputs" in ex:
-      p(f"  inputs  ({len(ex['inputs'])}): {render(ex['inputs'], vocabulary)}")
+      p(f"  inputs  ({len(ex['inputs'])}): {render(ex['inputs'], vocabulary, mask_id)}")
     p(f"  targets ({len(ex['targets'])}): {render(ex['targets'], vocabulary)}")
+    if mask_id is not None and len(ex.get("noise_order", [])):
+      p(f"  noise: {_bart_summary(ex)}")
   result = {"denoisers": [], "packing": {}}
   if stats_examples <= 0:
     return result
