@@ -180,6 +180,10 @@ def test_loglikelihood_is_score_batch_prefix_lm(tmp_path):
   }
   want = np.asarray(model.score_batch(jax.device_get(lm.params), batch))
   np.testing.assert_allclose([s for s, _ in got], want, rtol=1e-5, atol=1e-4)
+  # Params that are not the model's, in a LoRA run's directory: the error says to merge.
+  (tmp_path / "adapters.json").write_text("{}")
+  with pytest.raises(ValueError, match="t5x_ext.peft.merge"):
+    T5xExtLM(checkpoint=str(tmp_path / "params"), model=models.EncoderDecoderModel(CONFIG))
 
 
 def test_rolling_windows_predict_every_token_once(encdec):

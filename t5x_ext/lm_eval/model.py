@@ -24,8 +24,9 @@ runs the same command and takes its shard of every batch; the results are gather
 
 Model arguments (`--model_args k=v,...`; in Python the same keywords):
   checkpoint         MODEL_DIR, a checkpoints/ or step directory, converted weights
-                     (`t5x_ext.hf.convert` / `t5x_ext.t5x_ckpt.convert` OUT or OUT/params) or
-                     a T5X checkpoint directory (required unless `params` is given)
+                     (`t5x_ext.hf.convert` / `t5x_ext.t5x_ckpt.convert` OUT or OUT/params),
+                     a T5X checkpoint directory, or LoRA adapters merged into their base
+                     (`t5x_ext.peft.merge` OUT) (required unless `params` is given)
   gin_file           the model's gin file(s), joined with `+` (default: the config.gin or
                      model.gin at or above `checkpoint`); gin_bindings: more bindings
   vocabulary         a SentencePiece model file (`extra_ids` sentinels, default 100), or
@@ -123,6 +124,21 @@ def parse_mesh_shape(value: Any) -> dict[str, int] | None:
       raise ValueError(f"mesh_shape={value!r}: expected AXIS:SIZE+AXIS:SIZE, e.g. data:4+model:2")
     out[axis.strip()] = int(size)
   return out
+
+
+def _adapters_hint(checkpoint: str, error: Exception) -> str:
+  # A LoRA run's checkpoints hold adapters, not the model's params: merged, they are a
+  # checkpoint like converted weights.
+  from t5x_ext.peft import adapters_io
+
+  found = adapters_io.find_record(checkpoint)
+  if found is None:
+    return str(error)
+  return (
+    f"{error}\ncheckpoint={checkpoint!r} is a LoRA run ({found[0]}/{adapters_io.ADAPTERS_FILE}): "
+    "fold its adapters into the base first, `python -m t5x_ext.peft.merge "
+    f"--adapters={checkpoint} --output_dir=OUT`, and pass checkpoint=OUT."
+  )
 
 
 def _as_list(value: Any) -> list[str]:
@@ -291,9 +307,12 @@ class T5xExtLM(LM):
     self.local_rows = self.batch_size // self.num_shards
     probe = self.layout.score_rows([layout_lib.Pair((), (1,))], self.local_rows)
     if params is None:
-      self.trainer, self.params = checkpointing.load_params(
-        model, probe, checkpoint, mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules
-      )
+      try:
+        self.trainer, self.params = checkpointing.load_params(
+          model, probe, checkpoint, mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules
+        )
+      except ValueError as e:
+        raise ValueError(_adapters_hint(checkpoint, e)) from e
     else:
       import optax
 
