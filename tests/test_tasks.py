@@ -23,6 +23,7 @@ OBJECTIVE_NAMES = (
   "causal_lm",
   "ul2_mod_noprefix",
   "sclm",
+  "bart",
   "codet5p",
 )
 LENGTHS = {"inputs": 128, "targets": 128}
