@@ -112,12 +112,17 @@ def test_real_task_html_has_badges_and_matching_chips():
   h = display.task_examples_html("pydocs_ul2_mod_v1", {"inputs": 512, "targets": 128}, seed=3)
   for mode in ("[NLU]", "[NLG]", "[S2S]"):
     assert f'font-weight:bold">{mode}</span>' in h
-  # Each block's sentinel chips in the inputs reappear in its targets.
-  for block in h.split("border-left:4px")[1:]:
+  # Each block's sentinel chips in the inputs reappear in its targets (and the span
+  # denoisers' blocks have chips: an empty list on both sides would prove nothing).
+  blocks = h.split("border-left:4px")[1:]
+  with_chips = 0
+  for block in blocks:
     inputs, _, targets = block.partition(">targets</td>")
     chips_in = re.findall(r"&#10214;(\d+)&#10215;", inputs)
     chips_out = re.findall(r"&#10214;(\d+)&#10215;", targets)
     assert chips_in == chips_out
+    with_chips += bool(chips_in)
+  assert len(blocks) >= 3 and 0 < with_chips < len(blocks), (len(blocks), with_chips)
 
 
 def test_task_examples_rejects_a_task_without_denoisers():
