@@ -203,6 +203,7 @@ def measure(make, n_examples: int, warmup: int = 1000, batch: int = 1000) -> dic
     "examples_per_s": examples / wall,
     "tokens_per_s": tokens / wall,
     "examples_per_cpu_s": examples / cpu,
+    "tokens_per_cpu_s": tokens / cpu,
     "seconds": wall,
     "examples": examples,
     "mean_tokens_per_example": tokens / examples,
@@ -273,11 +274,12 @@ def main() -> None:
     }
   if have_t5:
     report["speedup"] = speedups(report["mixture_of_denoisers"], report["appendix_t5"])
-  # Each other objective against UL2's mixture, both with EOS (> 1: faster per token).
+  # Each other objective against UL2's mixture, both with EOS (> 1: faster; the tokens_*
+  # ratios compare per token, the examples_* ones per example).
   report["vs_ul2_mixture"] = {
     name: {
       k: report[name]["with_eos"][k] / report["mixture_of_denoisers"]["with_eos"][k]
-      for k in RATE_KEYS
+      for k in (*RATE_KEYS, "tokens_per_cpu_s")
     }
     for name in ("bart_large",)
   }

@@ -376,6 +376,15 @@ def _rotate(values, src, t_B, b, spec, seed):
   return tf.gather(values, idx, batch_dims=1), src, offset
 
 
+def _select(vals_BW: tf.Tensor, keep_BW: tf.Tensor) -> tf.RaggedTensor:
+  """Ragged [B, None] (int64 splits): each row's kept values, in order (one flat pass)."""
+  parts = tf.dynamic_partition(
+    tf.reshape(vals_BW, [-1]), tf.reshape(tf.cast(keep_BW, tf.int32), [-1]), 2
+  )
+  lengths = tf.reduce_sum(tf.cast(keep_BW, tf.int64), axis=1)
+  return tf.RaggedTensor.from_row_lengths(parts[1], lengths, validate=False)
+
+
 def _ragged(x: tf.Tensor, lengths: tf.Tensor) -> tf.RaggedTensor:
   """The first `lengths[b]` values of each row, as an int64-split ragged tensor."""
   return tf.RaggedTensor.from_tensor(x, lengths=tf.cast(lengths, tf.int64))
@@ -406,7 +415,8 @@ def noise_chunks(
     {"inputs": ragged int32 [B, None], "targets": ragged int32 [B, None]} (+ the record).
   """
   seeds = tf.random.experimental.stateless_split(seed, 4)
-  tokens = chunks.to_tensor(0)
+  tokens = tf.cast(chunks.to_tensor(0), tf.int32)
+  original = tokens
   batch, width = tf.shape(tokens)[0], tf.shape(tokens)[1]
   lens_B = tf.cast(chunks.row_lengths(), tf.int32)
   pos = tf.range(width)[tf.newaxis]
@@ -436,20 +446,25 @@ def noise_chunks(
   offset = tf.zeros([batch], tf.int32)
   if spec.any_rotate:
     values, src, offset = _rotate(values, src, m_B, b_B, spec, seeds[3])
-  body = _ragged(values, m_B)
-  parts = [body]
+  # Inputs: prefix, noised text, EOS; targets: the chunk, EOS; each one flat compaction.
+  in_vals = [values]
+  in_keep = [tf.range(tf.shape(values)[1])[tf.newaxis] < m_B[:, None]]
   if spec.prefix_values.shape[1]:
-    prefix = _ragged(tf.gather(spec.prefix_values, b_B), tf.gather(spec.prefix_lengths, b_B))
-    parts.insert(0, prefix)
-  eos_col = lambda e: _ragged(tf.fill(tf.stack([batch, 1]), e), tf.ones([batch], tf.int32))  # noqa: E731
-  if inputs_eos is not None:
-    parts.append(eos_col(inputs_eos))
-  targets = chunks.with_flat_values(tf.cast(chunks.flat_values, tf.int32)).with_row_splits_dtype(
-    tf.int64
-  )
-  if targets_eos is not None:
-    targets = tf.concat([targets, eos_col(targets_eos)], 1)
-  out = {"inputs": tf.concat(parts, 1) if len(parts) > 1 else body, "targets": targets}
+    in_vals.insert(0, tf.gather(spec.prefix_values, b_B))
+    in_keep.insert(
+      0,
+      tf.range(spec.prefix_values.shape[1])[tf.newaxis]
+      < tf.gather(spec.prefix_lengths, b_B)[:, None],
+    )
+  tg_vals, tg_keep = [original], [valid]
+  for vals, keep_, eos in ((in_vals, in_keep, inputs_eos), (tg_vals, tg_keep, targets_eos)):
+    if eos is not None:
+      vals.append(tf.fill(tf.stack([batch, 1]), eos))
+      keep_.append(tf.ones(tf.stack([batch, 1]), tf.bool))
+  out = {
+    "inputs": _select(tf.concat(in_vals, 1), tf.concat(in_keep, 1)),
+    "targets": _select(tf.concat(tg_vals, 1), tf.concat(tg_keep, 1)),
+  }
   if record:
     out["noise_order"] = _ragged(order, lens_B)
     out["noise_fate"] = _ragged(fate, lens_B)
