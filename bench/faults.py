@@ -15,11 +15,21 @@ order (each restart is the plain command line, which must resume by itself):
 and finally trains to the end. Prints JSON: faults survived, steps recomputed, seconds from
 SIGTERM to exit, and the largest difference between any per-step loss seen (before and after
 each fault) and the reference run's loss at that step (goal 0.0).
+
+  python bench/faults.py --object_store --cheap  # MODEL_DIR in a bucket (a local GCS emulator)
+
+With --object_store every MODEL_DIR is `gs://...` on `gcp-storage-emulator` (the test extra),
+reached through STORAGE_EMULATOR_HOST; the faults are kill9, kill_during_save (SIGKILL while
+the checkpoint's objects are being uploaded: the step has no commit_success.txt and the
+restart must skip it; `partial_upload` says the cut-short step was there) and sigterm. A
+bucket has no rename, so corrupt_latest and enospc (which fail the local commit rename) do
+not apply there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -33,9 +43,12 @@ import sys
 import tempfile
 import time
 
+from t5x_ext.training import run_paths  # epath, with gcsfs configured for gs://
+
 HERE = pathlib.Path(__file__).resolve().parent
 CHILD = HERE / "_fault_child.py"
 FAULTS = ("kill9", "kill_during_save", "sigterm", "corrupt_latest", "enospc")
+OBJECT_STORE_FAULTS = ("kill9", "kill_during_save", "sigterm")
 STOPPED_EXIT, USER_ERROR_EXIT = 143, 2  # t5x_ext.launch.flags.STOPPED_EXIT / USER_ERROR_EXIT
 
 
@@ -63,12 +76,16 @@ def _flags(args, model_dir: pathlib.Path, steps: int) -> list[str]:
 class Run:
   """One trainer process on a MODEL_DIR, its output in files."""
 
-  def __init__(self, args, model_dir: pathlib.Path, steps: int, fault_env: str | None = None):
+  # Where the logs go when MODEL_DIR is in a bucket (set by main); else next to MODEL_DIR.
+  log_dir: pathlib.Path | None = None
+
+  def __init__(self, args, model_dir, steps: int, fault_env: str | None = None):
     env = {k: v for k, v in os.environ.items() if k != "T5X_EXT_TRACEBACK"}
     if fault_env:
       env["T5X_EXT_FAULT"] = fault_env
     self.model_dir = model_dir
-    self.log = model_dir.parent / f"{model_dir.name}.{time.monotonic_ns()}.log"
+    log_dir = Run.log_dir or model_dir.parent
+    self.log = log_dir / f"{model_dir.name}.{time.monotonic_ns()}.log"
     self._out = open(self.log, "w")  # noqa: SIM115 - closed in wait()
     self.proc = subprocess.Popen(
       [sys.executable, str(CHILD), *_flags(args, model_dir, steps)],
@@ -105,8 +122,8 @@ class Run:
       time.sleep(0.05)
 
 
-def logged_losses(model_dir: pathlib.Path) -> dict[int, float]:
-  path = model_dir / "metrics" / "train.jsonl"
+def logged_losses(model_dir) -> dict[int, float]:
+  path = run_paths.path(model_dir) / "metrics" / "train.jsonl"
   if not path.exists():
     return {}
   out = {}
@@ -119,11 +136,27 @@ def logged_losses(model_dir: pathlib.Path) -> dict[int, float]:
   return out
 
 
-def checkpoint_steps(model_dir: pathlib.Path) -> list[int]:
-  root = model_dir / "checkpoints"
+def checkpoint_steps(model_dir) -> list[int]:
+  """Complete checkpoints: a local step is complete once renamed from its temporary name, an
+  object store's once its commit_success.txt is written (there is no rename there)."""
+  root = run_paths.path(model_dir) / "checkpoints"
   if not root.is_dir():
     return []
-  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+  remote = "://" in os.fspath(root)
+  return sorted(
+    int(p.name)
+    for p in root.iterdir()
+    if p.name.isdigit() and (not remote or (p / "commit_success.txt").exists())
+  )
+
+
+def partial_steps(model_dir) -> list[int]:
+  """Steps of an object store with objects but no commit_success.txt (an upload cut short)."""
+  root = run_paths.path(model_dir) / "checkpoints"
+  if "://" not in os.fspath(root) or not root.is_dir():
+    return []
+  done = set(checkpoint_steps(model_dir))
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and int(p.name) not in done)
 
 
 def resumed_step(text: str) -> int:
@@ -149,11 +182,24 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--timeout", type=float, default=900, help="seconds per trainer process")
   parser.add_argument("--work_dir", default=None, help="default: a temporary directory")
+  parser.add_argument(
+    "--object_store",
+    action="store_true",
+    help="MODEL_DIR in a bucket on a local GCS emulator (needs the test extra)",
+  )
   args = parser.parse_args()
+  if args.object_store and args.faults == ",".join(FAULTS):
+    args.faults = ",".join(OBJECT_STORE_FAULTS)
   faults = [f for f in args.faults.split(",") if f]
-  unknown = sorted(set(faults) - set(FAULTS))
+  allowed = OBJECT_STORE_FAULTS if args.object_store else FAULTS
+  unknown = sorted(set(faults) - set(allowed))
   if unknown:
-    parser.error(f"--faults: unknown {unknown}; choose from {list(FAULTS)}")
+    parser.error(f"--faults: {unknown} not among {list(allowed)}")
+  with contextlib.ExitStack() as stack:
+    _run(args, faults, stack)
+
+
+def _run(args, faults, stack) -> None:
   rng = random.Random(args.seed)
   work = pathlib.Path(args.work_dir or tempfile.mkdtemp(prefix="t5x_ext_faults_"))
   work.mkdir(parents=True, exist_ok=True)
@@ -163,6 +209,14 @@ def main() -> None:
   ref_dir, run_dir = work / "reference", work / "faulted"
   for d in (ref_dir, run_dir):
     shutil.rmtree(d, ignore_errors=True)
+  if args.object_store:
+    sys.path.insert(0, str(HERE.parent))
+    from tests.gcs_emulator import running_emulator
+
+    emulator = stack.enter_context(running_emulator())
+    Run.log_dir = work
+    ref_dir = run_paths.path(emulator.root) / "faults" / "reference"
+    run_dir = run_paths.path(emulator.root) / "faults" / "faulted"
   ref = Run(args, ref_dir, args.steps)
   if ref.wait(args.timeout) != 0:
     raise SystemExit("reference run failed:\n" + ref.text()[-3000:])
@@ -220,6 +274,8 @@ def main() -> None:
       code = run.wait(args.timeout)
       text = run.text()
       record.update(at_step=target, exit_code=code, restored_step=resumed_step(text))
+      if args.object_store:  # the killed upload: objects of the step, but no commit marker
+        record["partial_upload"] = target in partial_steps(run_dir)
       if fault == "enospc":
         record.update(
           one_message="could not be written" in text and "Traceback" not in text,
@@ -269,6 +325,7 @@ def main() -> None:
         "steps": args.steps,
         "checkpoint_every": every,
         "cheap": args.cheap,
+        "object_store": args.object_store,
         "faults": records,
         "faults_survived": survived,
         "faults_injected": sum(1 for r in records if "skipped" not in r),

@@ -91,7 +91,15 @@ def _free_port() -> int:
 
 
 def _clear_client_caches() -> None:
-  """Forgets the filesystems and backend choices made under another environment."""
+  """Forgets the filesystems and backend choices made under another environment.
+
+  Also applies the library's client settings (`t5x_ext.training.run_paths`: no gcsfs
+  listing cache, which would hide objects written by another process or by tensorstore).
+  """
+  with contextlib.suppress(ImportError):
+    from t5x_ext.training import run_paths
+
+    run_paths.configure_clients()
   with contextlib.suppress(Exception):
     from etils.epath import backend, gpath
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +44,25 @@ def test_epath_reaches_the_emulator(gcs_emulator, empty_cwd):  # noqa: F811
   assert gcs_emulator.list_objects(prefix) == [f"{prefix}/metrics/train.jsonl"]
   assert gcs_emulator.read(f"{prefix}/metrics/train.jsonl") == b'{"step": 1}\n'
   assert os.listdir(empty_cwd) == []
+
+
+def test_objects_written_by_another_process_are_seen(gcs_emulator):  # noqa: F811
+  """No stale listing: gcsfs's listings cache is off (run_paths), so a checkpoint that another
+  process (or tensorstore) finished after this one listed the directory is found."""
+  from t5x_ext.training import run_paths
+
+  root = run_paths.path(gcs_emulator.fresh_prefix("listing"))
+  (root / "1").mkdir(parents=True, exist_ok=True)
+  (root / "1" / "commit_success.txt").write_text("done")
+  assert [p.name for p in root.iterdir()] == ["1"]
+  code = (
+    "from t5x_ext.training import run_paths; "
+    f"run_paths.path('{root}/2/commit_success.txt').write_text('done')"
+  )
+  env = {**_base_env(), **gcs_emulator.env}
+  subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+  assert sorted(p.name for p in root.iterdir()) == ["1", "2"]
+  assert (root / "2" / "commit_success.txt").exists()
 
 
 def test_orbax_checkpoints_reach_the_emulator(gcs_emulator, empty_cwd):  # noqa: F811
@@ -196,6 +216,23 @@ MAIN_JOB = [
 ]
 
 
+TEST_TIMEOUT_S = 900  # about 90 CPU-s; minutes of wall time on a loaded 2-core machine
+
+
+@pytest.fixture
+def deadline():
+  """Fails the test with a TimeoutError, instead of hanging the suite, past TEST_TIMEOUT_S."""
+
+  def expire(signum, frame):
+    raise TimeoutError(f"test ran past {TEST_TIMEOUT_S} s")
+
+  previous = signal.signal(signal.SIGALRM, expire)
+  signal.alarm(TEST_TIMEOUT_S)
+  yield
+  signal.alarm(0)
+  signal.signal(signal.SIGALRM, previous)
+
+
 def _objects(gcs_emulator, root: str) -> set[str]:  # noqa: F811
   """The bucket's object names under `root`, relative to it."""
   prefix = root.removeprefix(gcs_emulator.root + "/") + "/"
@@ -210,6 +247,7 @@ def _local_files(cwd) -> list[str]:
 def test_main_job_eval_infer_and_ablation_keep_every_output_in_the_bucket(
   gcs_emulator,  # noqa: F811
   empty_cwd,
+  deadline,
 ):
   from t5x_ext import eval as eval_lib
   from t5x_ext import infer as infer_lib

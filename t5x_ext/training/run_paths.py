@@ -19,6 +19,12 @@ How `gs://` is reached (`configure_clients`, run once when this module is import
 
   Variables already set are left alone, so a user can override each choice.
 
+  - gcsfs's cache of directory listings is off (`use_listings_cache=False` in fsspec's
+    config for `gs`): by default it keeps a listing forever, so objects written after it by
+    another process, or by tensorstore in this one (a checkpoint's arrays and its
+    commit_success.txt), stay invisible to `exists`/`iterdir` (a finished checkpoint would
+    read as missing).
+
 Object stores have no append and no rename: `append_text` rewrites the object, and
 `write_text_atomic` writes the object in one upload (an object store never shows a
 half-written object) where a local file goes through a temporary name and `os.replace`.
@@ -53,11 +59,20 @@ def configure_clients() -> None:
     url = emulator if emulator.startswith(("http://", "https://")) else f"http://{emulator}"
     os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-  if changed:  # epath caches its backend choice: forget one made before
+  if os.environ.get("EPATH_USE_TF") == "false":
+    import fsspec.config
+
+    for proto in ("gs", "gcs"):
+      conf = fsspec.config.conf.setdefault(proto, {})
+      if "use_listings_cache" not in conf:
+        conf["use_listings_cache"] = False
+        changed = True
+  if changed:  # epath caches its backend choice and its filesystems: forget those made before
     with contextlib.suppress(Exception):
-      from etils.epath import gpath
+      from etils.epath import backend, gpath
 
       gpath._is_tf_installed.cache_clear()
+      backend.fsspec_backend._get_filesystem.cache_clear()
 
 
 def path(p: str | os.PathLike, *parts: str) -> epath.Path:
