@@ -350,7 +350,7 @@ def test_eight_simulated_devices():
     ],
     capture_output=True,
     text=True,
-    timeout=800,
+    timeout=1500,
     env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
     cwd=pathlib.Path(__file__).parent.parent,
   )
