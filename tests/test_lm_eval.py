@@ -27,6 +27,7 @@ from evaluation_util import CONFIG, save_random_params  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from t5x_ext.data import prompts as prompts_lib  # noqa: E402
+from t5x_ext.data import providers  # noqa: E402
 from t5x_ext.evaluation import rank_classification as rank_lib  # noqa: E402
 from t5x_ext.lm_eval import T5xExtLM  # noqa: E402
 from t5x_ext.lm_eval import layout as layout_lib  # noqa: E402
@@ -178,8 +179,18 @@ def test_loglikelihood_is_score_batch_prefix_lm(tmp_path):
     "decoder_target_tokens": tgt,
     "decoder_causal_attention": causal,
   }
-  want = np.asarray(model.score_batch(jax.device_get(lm.params), batch))
+  host = jax.device_get(lm.params)
+  want = np.asarray(model.score_batch(host, batch))
   np.testing.assert_allclose([s for s, _ in got], want, rtol=1e-5, atol=1e-4)
+  # Generation continues after the prompt as `infer`'s prompts path does (there at another
+  # padded length: the prompts are right-aligned, so padding changes nothing).
+  contexts = [c for c, _ in PAIRS[:2]]
+  texts = _gen(lm, contexts, until=[])
+  rows = prompts_lib.prompt_batch(
+    heads[:2], model.feature_converter_name, {"inputs": 40, "targets": 8}, rows=2
+  )
+  tokens = np.asarray(model.predict_batch(host, rows, decode_len=MAX_TARGET))
+  assert texts == [providers.decode_ids(lm.vocabulary, t) for t in tokens]
   # Params that are not the model's, in a LoRA run's directory: the error says to merge.
   (tmp_path / "adapters.json").write_text("{}")
   with pytest.raises(ValueError, match="t5x_ext.peft.merge"):
