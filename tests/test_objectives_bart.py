@@ -552,3 +552,14 @@ def test_inspector_and_html_view_show_masks_deletions_and_sentences(vocab):
   printed = out.getvalue()
   assert "⟦M⟧" in printed and "noise:" in printed and "sentence jumps" in printed
   assert inspector.render([5, 8000, 1], vocab, 8000).endswith("⟦M⟧ </s>")
+
+
+def test_batches_without_bart_rows_or_without_other_rows(vocab):
+  # One short document per batch: one chunk, so each batch has only BART rows or none.
+  docs = [np.arange(3 + i, 40 + i, dtype=np.int32) for i in range(40)]
+  mixed = objectives.UL2R_DENOISERS[:1] + objectives.BART_LARGE
+  exs = _examples(vocab, docs, mixed, 40, batch_size=1)
+  kinds = {mixed[int(e["denoiser_id"])].kind for e in exs}
+  assert kinds == {"span", "bart"} and len(exs) == 40
+  for e in exs:
+    assert len(e["inputs"]) > 1 and e["targets"][-1] == 1

@@ -234,7 +234,7 @@ def _span_lengths(n_words_B, poisson_B, cdf_BJ, log_q_B, seed):
     (lengths int32 [B, D] (0 past the row's spans), spans [B], zero-length spans [B]).
   """
   batch = tf.shape(n_words_B)[0]
-  d = _bmax(n_words_B)
+  d = tf.maximum(_bmax(n_words_B), 1)  # searchsorted cannot take zero-width values
   u = tf.random.stateless_uniform(tf.stack([batch, d, 2]), seed, minval=1e-12, maxval=1.0)
   drawn = tf.searchsorted(cdf_BJ, u[..., 0], side="right") + 1
   drawn = tf.minimum(drawn, tf.shape(cdf_BJ)[1])
