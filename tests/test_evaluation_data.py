@@ -58,7 +58,7 @@ def test_family_examples_are_fixed_and_prefix_free(r_examples):
     denoiser_names=[d.name for d in objectives.UL2_DENOISERS],
   )
   assert len(r_examples) == 6
-  for a, b in zip(r_examples, again):
+  for a, b in zip(r_examples, again, strict=True):
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["targets"], b["targets"])
     assert a["denoiser_id"] in (0, 1)  # the R denoisers' indices in UL2_DENOISERS
