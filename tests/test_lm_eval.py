@@ -363,13 +363,14 @@ def test_harness_generation_task_stops_at_until(harness_run):
 
 def test_cli_on_eight_devices_gives_the_same_numbers(encdec, harness_run, tmp_path):
   """`python -m t5x_ext.lm_eval --model t5x_ext`, the model from a gin file, sharded over
-  4 x 2 simulated devices (data x model): the same accuracy and log-likelihoods."""
+  4 x 2 simulated devices (data x model), another batch size: the same accuracy and
+  log-likelihoods."""
   _, path, _ = encdec
   out, _, _, tasks_dir = harness_run
   gin_file = tmp_path / "model.gin"
   gin_file.write_text(GIN)
   args = (
-    f"checkpoint={path},gin_file={gin_file},mode_prefix=[NLU],batch_size=8,"
+    f"checkpoint={path},gin_file={gin_file},mode_prefix=[NLU],"
     f"max_length={MAX_LENGTH},max_target_length={MAX_TARGET},continuation_eos=True,"
     "mesh_shape=data:4+model:2"
   )
@@ -393,9 +394,14 @@ def test_cli_on_eight_devices_gives_the_same_numbers(encdec, harness_run, tmp_pa
     "--output_path",
     str(tmp_path / "out"),
     "--log_samples",
+    # The harness's own flag (model_args name no batch_size): 3 rows do not split over
+    # data = 4, so the model takes 4.
+    "--batch_size",
+    "3",
   ]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
   assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "batch_size=3 does not split over the mesh" in proc.stderr
   (results_file,) = (tmp_path / "out").rglob("results_*.json")
   results = json.loads(results_file.read_text())
   assert results["results"][MC_TASK]["acc,none"] == out["results"][MC_TASK]["acc,none"]

@@ -33,7 +33,8 @@ Model arguments (`--model_args k=v,...`; in Python the same keywords):
   task               a registered SeqIO task whose vocabulary to use (`task_module` to
                      import first); default: the embedded corpus's vocabulary
   mode_prefix        '[NLU]', '[NLG]', '[S2S]' or none (default)
-  batch_size         global rows per batch (default 8; `--batch_size` when not given here)
+  batch_size         global rows per batch (default 8; `--batch_size` when not given here),
+                     rounded up to a multiple of the data-parallel devices
   max_length         encoder length (decoder-only: row length), default 512
   max_target_length  decoder length for scores and rolling windows, default 128
   max_gen_toks       default tokens to generate, 64
@@ -50,6 +51,8 @@ import dataclasses
 import functools
 import importlib
 import json
+import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -302,6 +305,20 @@ class T5xExtLM(LM):
 
     mesh_shape = parse_mesh_shape(mesh_shape)
     mesh = partitioning.make_mesh(mesh_shape)
+    step = math.lcm(
+      partitioning.data_parallel_size(mesh), partitioning.process_batch_shard(mesh)[1]
+    )
+    if self.batch_size % step:
+      # The harness passes its own --batch_size (default 1) when model_args name none; a
+      # batch that cannot split over the devices gets padding rows instead of an error.
+      rounded = -(-self.batch_size // step) * step
+      logging.warning(
+        "t5x_ext: batch_size=%d does not split over the mesh %s; using %d",
+        self.batch_size,
+        dict(mesh.shape),
+        rounded,
+      )
+      self.batch_size = rounded
     partitioning.validate_batch_size(self.batch_size, mesh)
     self.shard_id, self.num_shards = partitioning.process_batch_shard(mesh)
     self.local_rows = self.batch_size // self.num_shards
