@@ -14,12 +14,12 @@ import subprocess
 # The CLI's micro model: gin/local/ul2_tiny.gin shrunk, on a data x fsdp mesh.
 MICRO_FLAGS = [
   "--gin_file=local/ul2_tiny.gin",
-  "--gin.t5x_ext.model.network.TransformerConfig.emb_dim=32",
-  "--gin.t5x_ext.model.network.TransformerConfig.num_heads=2",
-  "--gin.t5x_ext.model.network.TransformerConfig.head_dim=16",
-  "--gin.t5x_ext.model.network.TransformerConfig.mlp_dim=64",
-  "--gin.t5x_ext.model.network.TransformerConfig.num_encoder_layers=1",
-  "--gin.t5x_ext.model.network.TransformerConfig.num_decoder_layers=1",
+  "--gin.t5x_ext.network.TransformerConfig.emb_dim=32",
+  "--gin.t5x_ext.network.TransformerConfig.num_heads=2",
+  "--gin.t5x_ext.network.TransformerConfig.head_dim=16",
+  "--gin.t5x_ext.network.TransformerConfig.mlp_dim=64",
+  "--gin.t5x_ext.network.TransformerConfig.num_encoder_layers=1",
+  "--gin.t5x_ext.network.TransformerConfig.num_decoder_layers=1",
   "--gin.VOCAB_SIZE=128",
   "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 8}",
   "--gin.BATCH_SIZE=8",

@@ -81,7 +81,7 @@ def _env() -> dict[str, str]:
 def test_installed_package_is_the_wheel_and_ships_the_gin_files(installed, tmp_path):
   python, purelib = installed
   code = (
-    "import json, t5x_ext, tasks; from t5x_ext import cli; "
+    "import json, t5x_ext, tasks; from t5x_ext.launch import flags as cli; "
     "print(json.dumps([t5x_ext.__file__, tasks.__file__, cli.gin_search_paths()]))"
   )
   out = _run([str(python), "-I", "-c", code], cwd=tmp_path, env=_env()).stdout
