@@ -297,9 +297,14 @@ def test_seqio_task_seed_and_shards(vocab):
   task = _register_task("t5x_ext_test_mod_seeds", docs, vocab)
   a = _take(task, 50, seed=3)
   b = _take(task, 50, seed=3)
+  c = _take(task, 50, seed=4)
+  assert len(a) == len(b) == len(c) == 50
   for x, y in zip(a, b):
+    assert x.keys() == y.keys()
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])
+  # ... and the seed reaches the random preprocessors: another one draws other examples.
+  assert any(not np.array_equal(x["inputs"], z["inputs"]) for x, z in zip(a, c))
   # Shards get the same seed stream from SeqIO; the document fingerprint mixed into each
   # seed makes their random choices differ, not only their text: the sequences of drawn
   # denoisers differ.
