@@ -29,6 +29,7 @@ from etils import epath
 
 from t5x_ext.training import (
   checkpointing,
+  flops,
   loop,
   optimizers,
   partitioning,
@@ -191,7 +192,7 @@ def fit(
   )
 
   # 5. Metric writers and progress.
-  throughput = _throughput(model, run, first, peak_flops_per_device)
+  throughput = _throughput(model, run, first, peak_flops_per_device, say)
   writer = _writers(model_dir, "train", start, enabled=is_chief, tensorboard=tensorboard)
   progress = metrics_lib.Progress(train_steps, start, enabled=is_chief and progress_bar)
 
@@ -338,27 +339,27 @@ def _restore_or_init(ckpt, trainer, abstract, tx, data, first, *, seed, params_f
   return state, 0, _Peeked(first, data)
 
 
-def _throughput(model, run, first, peak_flops_per_device) -> dict[str, Any]:
-  """`loop.train_loop`'s tokens, FLOPs and peak FLOPs per step (for tokens/s and MFU)."""
+def _throughput(model, run, first, peak_flops_per_device, say) -> dict[str, Any]:
+  """`loop.train_loop`'s tokens, FLOPs and peak FLOPs per step (for tokens/s and MFU).
+
+  The peak is per device as JAX counts devices (`training.flops`), times the devices; a
+  device kind without a known peak gets no MFU and a one-line note (PEAK_FLOPS_PER_DEVICE
+  gives it).
+  """
   rows = run.batch_size
   tokens_per_step = rows * sum(
     v.shape[1] for k, v in first.items() if k in ("encoder_input_tokens", "decoder_target_tokens")
   )
   flops_per_step = None
-  if hasattr(model, "flops_per_token"):
-    # `flops_per_token` counts per decoder position (targets, or inputs + targets).
-    flops_per_step = (
-      float(model.flops_per_token(run.lengths))
-      * rows
-      * int(first["decoder_target_tokens"].shape[1])
-    )
-  kind = jax.devices()[0].device_kind
-  peak = peak_flops_per_device or metrics_lib.peak_flops_per_device(kind)
-  return {
-    "tokens_per_step": tokens_per_step,
-    "flops_per_step": flops_per_step,
-    "peak_flops": peak * jax.device_count() if peak else None,
-  }
+  config = getattr(model, "config", None)
+  if config is not None and hasattr(config, "emb_dim"):
+    flops_per_step = flops.training_flops_per_step(config, run.lengths, rows)
+  peak, note = flops.total_peak_flops(
+    jax.devices()[0].device_kind, jax.device_count(), peak_flops_per_device
+  )
+  if note and flops_per_step is not None:
+    say(note)
+  return {"tokens_per_step": tokens_per_step, "flops_per_step": flops_per_step, "peak_flops": peak}
 
 
 def tensorboard_writer(logdir: str, start: int = 0):
