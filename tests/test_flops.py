@@ -158,7 +158,7 @@ def test_count_is_six_n_plus_attention_for_t5_small():
   ],
 )
 def test_the_model_interface_gives_the_same_count(overrides, lengths):
-  # models.py repeats the count (the model floor may not import training): they must agree.
+  # models.py calls the one count in t5x_ext.model.flops (re-exported by training.flops).
   cfg = tiny_config(**overrides)
   cls = models.DecoderOnlyModel if cfg.decoder_only else models.EncoderDecoderModel
   assert cls(cfg).flops_per_token(lengths) == pytest.approx(

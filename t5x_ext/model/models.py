@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_ext.model import decoding, layers, losses
+from t5x_ext.model import decoding, flops, layers, losses
 from t5x_ext.model.network import PREFILL, STEP, DecoderOnly, EncoderDecoder, TransformerConfig
 
 Array = jax.Array
@@ -386,9 +386,8 @@ class BaseModel:
     Multiply by batch size x decoder length (targets length for encoder-decoder,
     inputs + targets for decoder-only) to get the FLOPs of one training step.
 
-    The count is `t5x_ext.training.flops.flops_per_token(self.config, lengths)` (documented
-    there); it is repeated here only because the model may not import the training floor,
-    and tests/test_flops.py holds the two equal. New callers use `flops` directly.
+    The count is `t5x_ext.model.flops.flops_per_token(self.config, lengths)` (documented
+    there; `t5x_ext.training.flops` re-exports it).
 
     Args:
       lengths: {"inputs": I, "targets": T} task feature lengths ("inputs" may be absent
@@ -398,25 +397,7 @@ class BaseModel:
       FLOPs per decoder position, counting 2 per multiply-add and the backward pass as
       twice the forward.
     """
-    cfg = self.config
-    d, f, v = cfg.emb_dim, cfg.mlp_dim, cfg.vocab_size
-    hd = cfg.num_heads * cfg.head_dim
-    inputs, targets = int(lengths.get("inputs", 0)), int(lengths["targets"])
-    mlp = len(cfg.activations) * d * f + f * d
-    attn_proj = 4 * d * hd
-    if cfg.decoder_only:
-      length = inputs + targets
-      # Per position: projections + MLP + scores and weighted sum over `length` keys.
-      per_pos = cfg.num_decoder_layers * (attn_proj + mlp + 2 * length * hd) + d * v
-      return 6.0 * per_pos
-    enc = inputs * cfg.num_encoder_layers * (attn_proj + mlp + 2 * inputs * hd)
-    # Cross-attention keys/values are projected once per encoder token.
-    cross_kv = inputs * cfg.num_decoder_layers * 2 * d * hd
-    dec = targets * (
-      cfg.num_decoder_layers * (attn_proj + 2 * d * hd + mlp + 2 * targets * hd + 2 * inputs * hd)
-      + d * v
-    )
-    return 6.0 * (enc + cross_kv + dec) / targets
+    return flops.flops_per_token(self.config, lengths)
 
 
 class EncoderDecoderModel(BaseModel):
