@@ -283,3 +283,22 @@ def test_the_choice_is_logged_once(caplog):
     for _ in range(3):
       attention.log_choice("attention", "xla", "auto: no fused kernel on backend 'cpu'")
   assert len([r for r in caplog.records if "attention attention: xla" in r.getMessage()]) == 1
+
+
+def test_the_tpu_kernel_runs_per_device_on_a_mesh():
+  # A 2 x 2 (data x model) mesh of simulated CPU devices, in a process of its own: the kernel
+  # sees each device's rows and heads, and the loss and gradients equal XLA's.
+  import subprocess
+  import sys
+
+  from tests.bench_scripts import REPO
+
+  proc = subprocess.run(
+    [sys.executable, "-m", "tests._attention_mesh_child"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
