@@ -314,6 +314,21 @@ def test_merge_gives_the_adapter_models_logits_and_exports(base, straight, tmp_p
   assert any(hf_dir.glob("model*.safetensors"))
 
 
+def test_evaluators_decode_with_merged_params(straight):
+  result, _, _ = straight
+  seen = []
+
+  class Evaluator:
+    seqio_fn = staticmethod(seen.append)
+
+  evaluator = finetune.decode_merged(Evaluator(), result.trainer)
+  evaluator.seqio_fn(result.state.params)
+  merged = jax.device_get(result.trainer.merged_params(result.state.params))
+  assert jax.tree.structure(seen[0]) == jax.tree.structure(merged)
+  for x, y in zip(jax.tree.leaves(seen[0]), jax.tree.leaves(merged)):
+    np.testing.assert_array_equal(np.asarray(x), y)
+
+
 def test_bf16_base_keeps_fp32_adapters(base, tmp_path):
   model, base_params, base_path = base
   config = lora.LoraConfig(rank=4, base_dtype="bfloat16")

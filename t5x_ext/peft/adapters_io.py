@@ -68,7 +68,8 @@ def fingerprint(tree: Any) -> str:
   return "sha256:" + h.hexdigest()
 
 
-def _abs(path: str | os.PathLike) -> str:
+def absolute(path: str | os.PathLike) -> str:
+  """`path` made absolute (object-store URLs are left as they are)."""
   path = os.fspath(path)
   return path if "://" in path else os.path.abspath(path)
 
@@ -96,7 +97,7 @@ def find_record(path: str | os.PathLike) -> tuple[epath.Path, dict[str, Any]] | 
   Returns:
     `(run directory, record)`, or None.
   """
-  start = epath.Path(_abs(path))
+  start = epath.Path(absolute(path))
   for directory in [start, *list(start.parents)[:3]]:
     candidate = directory / ADAPTERS_FILE
     if candidate.exists():
@@ -106,7 +107,7 @@ def find_record(path: str | os.PathLike) -> tuple[epath.Path, dict[str, Any]] | 
 
 def base_record(path: str | os.PathLike, base: Any, dtype: str) -> dict[str, Any]:
   """The `base` entry of the record for base params `base` read from `path`."""
-  return {"path": _abs(path), "fingerprint": fingerprint(base), "dtype": dtype}
+  return {"path": absolute(path), "fingerprint": fingerprint(base), "dtype": dtype}
 
 
 def check_base(record: Mapping[str, Any], base: Any, *, where: str) -> None:

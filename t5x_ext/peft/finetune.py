@@ -135,6 +135,27 @@ def _restore_position(it, saved: Mapping[str, Any]) -> None:
   it.restore(saved)
 
 
+def decode_merged(evaluator: Any, trainer: LoraTrainer) -> Any:
+  """Makes an evaluator of a LoRA run decode with the merged params.
+
+  A `t5x_ext.evaluation.periodic.PeriodicEvaluator` built on the `LoraTrainer` gets the
+  adapters from the loop: its teacher-forced metrics go through `trainer.eval_step`, which
+  adds the base, but its SeqIO metrics decode with `model.predict_batch`, which needs full
+  params. Its `seqio_fn` is wrapped to merge first (one fold per evaluation).
+
+  Args:
+    evaluator: the evaluator (its `seqio_fn`, if any, is replaced).
+    trainer: the run's `LoraTrainer`.
+
+  Returns:
+    `evaluator`.
+  """
+  seqio_fn = getattr(evaluator, "seqio_fn", None)
+  if seqio_fn is not None:
+    evaluator.seqio_fn = lambda adapters: seqio_fn(trainer.merged_params(adapters))
+  return evaluator
+
+
 def finetune_lora(
   *,
   model: Any,
@@ -189,7 +210,8 @@ def finetune_lora(
     pack: pack examples into rows.
     use_cached: read SeqIO's offline cache.
     prefetch: batches prepared ahead.
-    evaluator: for `loop.train_loop` (`due`, `evaluate(step, adapters)`); None: none.
+    evaluator: for `loop.train_loop` (`due`, `evaluate(step, adapters)`); None: none. A
+      periodic evaluator decodes right after `decode_merged`.
     on_log: `(step, scalars)` at every logging step.
 
   Returns:
@@ -241,7 +263,7 @@ def finetune_lora(
 
   # 3. The record of the base (checked on a restart).
   found = adapters_io.find_record(model_dir)
-  if found is not None and epath.Path(found[0]) == epath.Path(adapters_io._abs(model_dir)):
+  if found is not None and epath.Path(found[0]) == epath.Path(adapters_io.absolute(model_dir)):
     record = found[1]
     if lora.LoraConfig.from_json(record["lora"]) != config:
       raise ValueError(
