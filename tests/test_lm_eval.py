@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from t5x_ext.data import providers  # noqa: E402
 from t5x_ext.evaluation import rank_classification as rank_lib  # noqa: E402
 from t5x_ext.lm_eval import T5xExtLM  # noqa: E402
 from t5x_ext.lm_eval import layout as layout_lib  # noqa: E402
+from t5x_ext.lm_eval import model as lm_model  # noqa: E402
 from t5x_ext.model import models  # noqa: E402
 from tasks import evaluation as eval_tasks  # noqa: E402
 
@@ -89,6 +91,17 @@ def test_layout_cuts_contexts_from_the_left_and_keeps_the_prefix():
   assert batch["decoder_causal_attention"].tolist() == [[1, 1, 1, 1, 1, 1, 1, 0]]
   assert batch["decoder_loss_weights"].tolist() == [[0, 0, 0, 0, 0, 0, 1, 1]]
   assert [layout_lib.bucket(n, 100) for n in (1, 16, 17, 33, 99)] == [16, 16, 32, 64, 100]
+
+
+def test_gin_file_is_found_beside_the_checkpoint(tmp_path):
+  step = tmp_path / "checkpoints" / "100"
+  step.mkdir(parents=True)
+  (tmp_path / "config.gin").write_text("MODEL = @models.EncoderDecoderModel()  # t5x_ext")
+  assert lm_model.find_gin_file(str(step)) == str(tmp_path / "config.gin")
+  # A T5X run's config.gin binds t5x's classes: not taken for the model.
+  (tmp_path / "config.gin").write_text("MODEL = @t5x.models.EncoderDecoderModel()")
+  with pytest.raises(FileNotFoundError, match="gin_file"):
+    lm_model.find_gin_file(str(step))
 
 
 @pytest.fixture(scope="module")
@@ -362,15 +375,16 @@ def test_harness_generation_task_stops_at_until(harness_run):
 
 
 def test_cli_on_eight_devices_gives_the_same_numbers(encdec, harness_run, tmp_path):
-  """`python -m t5x_ext.lm_eval --model t5x_ext`, the model from a gin file, sharded over
+  """`python -m t5x_ext.lm_eval --model t5x_ext`, the model from the gin file beside the
+  checkpoint, sharded over
   4 x 2 simulated devices (data x model), another batch size: the same accuracy and
   log-likelihoods."""
   _, path, _ = encdec
   out, _, _, tasks_dir = harness_run
-  gin_file = tmp_path / "model.gin"
-  gin_file.write_text(GIN)
+  # Beside params/, as the converters write it: found without gin_file=...
+  (pathlib.Path(path).parent / "model.gin").write_text(GIN)
   args = (
-    f"checkpoint={path},gin_file={gin_file},mode_prefix=[NLU],"
+    f"checkpoint={path},mode_prefix=[NLU],"
     f"max_length={MAX_LENGTH},max_target_length={MAX_TARGET},continuation_eos=True,"
     "mesh_shape=data:4+model:2"
   )

@@ -53,6 +53,8 @@ import importlib
 import json
 import logging
 import math
+import os
+import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -94,13 +96,76 @@ def score_and_greedy(model: Any, params: Any, batch: Any) -> tuple[jax.Array, ja
   return scores_B, jnp.all(hits_BT, axis=-1)
 
 
+# The gin file a run writes into MODEL_DIR, and the one the converters write beside params/.
+GIN_NAMES = ("config.gin", "model.gin")
+# A LoRA run's record (t5x_ext.peft): its checkpoints hold adapters, not the model's params.
+ADAPTERS_FILE = "adapters.json"
+
+
+def _at_or_above(path: str, name: str) -> pathlib.Path | None:
+  # MODEL_DIR/checkpoints/<step>/ and OUT/params/ sit up to three levels below their files.
+  start = pathlib.Path(os.path.abspath(path))
+  for directory in [start, *list(start.parents)[:3]]:
+    if (directory / name).is_file():
+      return directory / name
+  return None
+
+
+def find_gin_file(checkpoint: str) -> str:
+  """The model's gin file beside a checkpoint: the nearest config.gin or model.gin.
+
+  Args:
+    checkpoint: the `checkpoint` argument.
+
+  Returns:
+    The file's path.
+
+  Raises:
+    FileNotFoundError: when there is none, or the nearest does not configure t5x_ext (a T5X
+      run's config.gin); `gin_file` must then name the model.
+  """
+  for name in GIN_NAMES:
+    found = _at_or_above(checkpoint, name)
+    if found is not None:
+      if "t5x_ext" not in found.read_text():
+        raise FileNotFoundError(
+          f"{found} does not configure t5x_ext (a T5X run's?); name this project's model gin "
+          "file with gin_file=... (e.g. the model.gin of python -m t5x_ext.t5x_ckpt.convert)"
+        )
+      return str(found)
+  raise FileNotFoundError(
+    f"no config.gin or model.gin at or above checkpoint={checkpoint!r}; pass gin_file=..."
+  )
+
+
+def model_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Any:
+  """The gin macro `MODEL` of the given files (the convention of gin/models/).
+
+  Args:
+    gin_files: gin files (the project's search path resolves `include`s).
+    bindings: extra bindings.
+
+  Returns:
+    The model object.
+
+  Raises:
+    ValueError: when the files do not bind `MODEL`.
+  """
+  import gin
+  from t5x_ext.launch import flags
+
+  flags.parse_gin(list(gin_files), list(bindings))
+  ref = flags.macro_value("MODEL")
+  if not isinstance(ref, gin.config.ConfigurableReference):
+    raise ValueError(f"the gin files {list(gin_files)} do not bind MODEL = @models....Model()")
+  return ref.scoped_configurable_fn()
+
+
 def _gin_files(gin_file: Any, checkpoint: str | None) -> list[str]:
   if gin_file is None:
     if checkpoint is None:
       raise ValueError("gin_file: no model gin file and no checkpoint to find one beside")
-    from t5x_ext.hf import export
-
-    return [str(export.find_gin_file(checkpoint))]
+    return [find_gin_file(checkpoint)]
   if isinstance(gin_file, str):
     return [f for f in gin_file.split("+") if f]
   return [str(f) for f in gin_file]
@@ -130,17 +195,14 @@ def parse_mesh_shape(value: Any) -> dict[str, int] | None:
 
 
 def _adapters_hint(checkpoint: str, error: Exception) -> str:
-  # A LoRA run's checkpoints hold adapters, not the model's params: merged, they are a
-  # checkpoint like converted weights.
-  from t5x_ext.peft import adapters_io
-
-  found = adapters_io.find_record(checkpoint)
+  # Merged into their base, a LoRA run's adapters are a checkpoint like converted weights.
+  found = _at_or_above(checkpoint, ADAPTERS_FILE)
   if found is None:
     return str(error)
   return (
-    f"{error}\ncheckpoint={checkpoint!r} is a LoRA run ({found[0]}/{adapters_io.ADAPTERS_FILE}): "
-    "fold its adapters into the base first, `python -m t5x_ext.peft.merge "
-    f"--adapters={checkpoint} --output_dir=OUT`, and pass checkpoint=OUT."
+    f"{error}\ncheckpoint={checkpoint!r} is a LoRA run ({found}): fold its adapters into the "
+    f"base first, `python -m t5x_ext.peft.merge --adapters={checkpoint} --output_dir=OUT`, "
+    "and pass checkpoint=OUT."
   )
 
 
@@ -268,9 +330,7 @@ class T5xExtLM(LM):
     if mode_prefix not in NO_MODE and mode_prefix not in ("[NLU]", "[NLG]", "[S2S]"):
       raise ValueError(f"mode_prefix={mode_prefix!r}: expected [NLU], [NLG], [S2S] or none")
     if model is None:
-      from t5x_ext.hf import export
-
-      model = export.model_from_gin(_gin_files(gin_file, checkpoint), _as_list(gin_bindings))
+      model = model_from_gin(_gin_files(gin_file, checkpoint), _as_list(gin_bindings))
     if params is None and checkpoint is None:
       raise ValueError("t5x_ext needs checkpoint=... (or params in Python)")
     self.model = model
