@@ -563,3 +563,21 @@ def test_batches_without_bart_rows_or_without_other_rows(vocab):
   assert kinds == {"span", "bart"} and len(exs) == 40
   for e in exs:
     assert len(e["inputs"]) > 1 and e["targets"][-1] == 1
+
+
+def test_bart_denoise_is_the_one_denoiser_mixture(vocab, docs):
+  nz = objectives.BartNoise(mask_ratio=0.3, permute_sentences=1.0, insert_ratio=0.1)
+  a = objectives.bart_denoise(
+    U.docs_dataset(docs[:20]), SHORT, U.features(vocab), nz, seed=5, append_eos=True
+  )
+  b = objectives.mixture_of_denoisers(
+    U.docs_dataset(docs[:20]),
+    SHORT,
+    U.features(vocab),
+    (objectives.Denoiser("bart", "bart", bart=nz),),
+    seed=5,
+    append_eos=True,
+  )
+  for x, y in zip(a.take(50).as_numpy_iterator(), b.take(50).as_numpy_iterator()):
+    np.testing.assert_array_equal(x["inputs"], y["inputs"])
+    np.testing.assert_array_equal(x["targets"], y["targets"])

@@ -7,10 +7,11 @@ Public API:
   validate_denoisers: early checks + length planning (tasks call it at registration).
   plan_mixture / DenoiserPlan: the planned chunk and feature lengths per denoiser.
   BartNoise, BART_LARGE, BART_PAPER, BART_TABLE1: BART's noises as `Denoiser(kind="bart")`
-    (`bart.py`; the TensorFlow side in `bart_noise.py`).
+    (`bart.py`; the TensorFlow side in `bart_noise.py`); bart_denoise: one BART denoiser as
+    a SeqIO preprocessor.
 """
 
-from t5x_ext.objectives.bart import BART_LARGE, BART_PAPER, BART_TABLE1, BartNoise
+from t5x_ext.objectives.bart import BART_LARGE, BART_PAPER, BART_TABLE1, BartNoise, bart_denoise
 from t5x_ext.objectives.denoisers import (
   CAUSAL_LM,
   KINDS,
@@ -56,6 +57,7 @@ __all__ = [
   "PREFIX_SPLITS",
   "T5_SPAN_CORRUPTION",
   "BartNoise",
+  "bart_denoise",
   "UL2R_DENOISERS",
   "UL2_DENOISERS",
   "Denoiser",
