@@ -329,6 +329,23 @@ def test_evaluators_decode_with_merged_params(straight):
     np.testing.assert_array_equal(np.asarray(x), y)
 
 
+def test_decoder_only_trains_its_adapters_only():
+  model = models.DecoderOnlyModel(tiny_config(decoder_only=True, num_encoder_layers=0))
+  batch = decoder_only_batch(0)
+  params = jax.device_get(nn.unbox(model.init_variables(jax.random.key(0), batch)["params"]))
+  trainer = LoraTrainer(model, optax.adam(1e-2), partitioning.make_mesh({"data": -1}), lora=CONFIG)
+  trainer.set_base(params, batch)
+  state = trainer.init_state(jax.random.key(0), batch)
+  assert {p[-2] for p in lora.adapter_paths(state.params)} == {"self_attention", "mlp"}
+  losses = []
+  for _ in range(3):
+    state, metrics = trainer.train_step(state, trainer.shard_batch(decoder_only_batch(1)))
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0]
+  for x, y in zip(jax.tree.leaves(jax.device_get(trainer.frozen)), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_bf16_base_keeps_fp32_adapters(base, tmp_path):
   model, base_params, base_path = base
   config = lora.LoraConfig(rank=4, base_dtype="bfloat16")
