@@ -143,7 +143,8 @@ def test_lease_refuses_a_second_run_and_is_deleted_on_release(gcs_emulator):  # 
     with pytest.raises(run_lock.RunLockError, match=f"pid {os.getpid()}"):
       run_lock.RunLock(root).acquire()  # a second lock in the same process is refused too
   assert not _lease_file(root).exists()
-  assert run_lock.RunLock(root).acquire().took_over is None  # released cleanly: no takeover
+  with run_lock.RunLock(root) as again:
+    assert again.took_over is None  # released cleanly: no takeover
 
 
 def test_lease_of_another_host_holds_until_it_lapses(gcs_emulator, caplog):  # noqa: F811
