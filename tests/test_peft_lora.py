@@ -356,6 +356,9 @@ def test_bf16_base_keeps_fp32_adapters(base, tmp_path):
   assert {x.dtype for x in jax.tree.leaves(trainer.frozen)} == {np.dtype("bfloat16")}
   state = trainer.init_state(jax.random.key(0), batch)
   before = jax.device_get(trainer.frozen)
+  # Ahead-of-time compilation (the memory plan's path) takes the frozen base as an argument.
+  trainer.compile_train_step(batch)
+  assert trainer.compiled_train_step is not None
   for _ in range(2):
     state, metrics = trainer.train_step(state, trainer.shard_batch(batch))
   assert np.isfinite(float(metrics["loss"]))
