@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
   "sentencepiece==0.2.3",
   "numpy>=2.0,<3",
   "tqdm>=4.66",
+  # A MODEL_DIR in a bucket: etils.epath reaches gs:// through gcsfs, so a training host needs
+  # no TensorFlow for it and honours STORAGE_EMULATOR_HOST (t5x_ext/training/run_paths.py).
+  "gcsfs==2026.10.1",
 ]
 
 EXTRAS = {
