@@ -288,6 +288,8 @@ def test_the_choice_is_logged_once(caplog):
     for _ in range(3):
       attention.log_choice("attention", "xla", "auto: no fused kernel on backend 'cpu'")
   assert len([r for r in caplog.records if "attention attention: xla" in r.getMessage()]) == 1
+  attention.log_choice("cross", "xla", "auto: cudnn does not qualify (packed rows ...)")
+  assert caplog.records[-1].levelname == "WARNING"
 
 
 def test_the_tpu_kernel_runs_per_device_on_a_mesh():

@@ -234,6 +234,10 @@ def _tpu_blockers(platform, q_len, kv_len, dt, dense_only, interpret):
 def log_choice(kind: str, implementation: str, reason: str) -> None:
   """Logs the kernel of an attention kind once per process (at the first trace).
 
+  At INFO; at WARNING where 'auto' found a fused kernel on this backend but the call does not
+  qualify for it (an accelerator run that materialises the logits should say so, and the
+  commands log at WARNING).
+
   Args:
     kind: the attention's module name ('attention', 'self_attention', ...).
     implementation: the choice.
@@ -242,7 +246,8 @@ def log_choice(kind: str, implementation: str, reason: str) -> None:
   key = (kind, implementation, reason)
   if key not in _LOGGED:
     _LOGGED.add(key)
-    _log.info("attention %s: %s (%s)", kind, implementation, reason)
+    level = logging.WARNING if "does not qualify" in reason else logging.INFO
+    _log.log(level, "attention %s: %s (%s)", kind, implementation, reason)
 
 
 def describe(
