@@ -171,10 +171,7 @@ def infer(
     )
     # Shards of unequal length: one that runs out decodes zero rows (written nowhere) until
     # the others are done, since each decode is one computation over all processes.
-    zeros = {
-      k: np.zeros(v.shape, v.dtype)
-      for k, v in memory_plan.abstract_batch(model, lengths, local_rows, pack=False).items()
-    }
+    zeros = hosts.zero_batch(memory_plan.abstract_batch(model, lengths, local_rows, pack=False))
     batches = hosts.lockstep(pairs, lambda: ([], zeros))
   if print_predictions is None:
     print_predictions = use_prompts

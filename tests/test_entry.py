@@ -195,6 +195,17 @@ def test_lockstep_pads_the_shorter_shard(two_processes):
   assert results == {0: [1, 2, 3], 1: [4, 0, 0]}
 
 
+def test_zero_batch_has_the_template_shapes_and_dtypes():
+  template = {"a": np.ones((2, 3), np.int32), "b": jax.ShapeDtypeStruct((2, 5), np.float32)}
+  zeros = hosts.zero_batch(template)
+  assert {k: (v.shape, v.dtype) for k, v in zeros.items()} == {
+    "a": ((2, 3), np.int32),
+    "b": ((2, 5), np.float32),
+  }
+  assert not any(v.any() for v in zeros.values())
+  assert hosts.zero_batch(template, rows=4)["a"].shape == (4, 3)
+
+
 def test_one_process_needs_no_collective():
   assert list(hosts.lockstep([1, 2], lambda: 0)) == [1, 2]
   assert hosts.gather_shards("x", 0) == ["x"]

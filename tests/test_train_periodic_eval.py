@@ -159,7 +159,7 @@ def test_values_equal_loss_fn_on_the_same_params_and_batches(runs):
 
 def test_uneven_shards_stay_in_step_across_processes(monkeypatch):
   """Two simulated processes: the shorter shard pads with zero batches, both stop together."""
-  from jax.experimental import multihost_utils
+  from t5x_ext.training import hosts
 
   barrier, slots = threading.Barrier(2, timeout=30), {}
 
@@ -171,7 +171,7 @@ def test_uneven_shards_stay_in_step_across_processes(monkeypatch):
     return out
 
   monkeypatch.setattr(periodic_eval.jax, "process_count", lambda: 2)
-  monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+  monkeypatch.setattr(hosts, "allgather", allgather)  # EvalData steps through hosts.lockstep
   template = {"x": np.ones((2, 3), np.int32)}
   shards = {"p0": [np.full((2, 3), i + 1, np.int32) for i in range(3)], "p1": []}
   made = {"p0": 0, "p1": 0}

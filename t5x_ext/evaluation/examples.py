@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from t5x_ext import objectives
 from t5x_ext.data import feature_converters
+from t5x_ext.training import hosts
 
 
 def prefix_ids(corpus: str, modes: Sequence[str]) -> dict[str, list[int]]:
@@ -198,7 +199,7 @@ def to_batches(
     chunk = rows[start : start + batch_size]
     batches.append(_pad({k: np.stack([r[k] for r in chunk]) for k in chunk[0]}, batch_size))
   if num_batches is not None and batches:
-    zeros = {k: np.zeros_like(v) for k, v in batches[0].items()}
+    zeros = hosts.zero_batch(batches[0])
     batches += [zeros] * (num_batches - len(batches))
   return batches
 

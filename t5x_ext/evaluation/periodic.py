@@ -39,6 +39,7 @@ import numpy as np
 
 from t5x_ext.evaluation import seqio_metrics as seqio_metrics_lib
 from t5x_ext.evaluation.teacher_forced import teacher_forced_metrics
+from t5x_ext.training import hosts
 
 EVAL_SPLIT = "validation"
 # The same examples as `python -m t5x_ext.eval` sees with its default seed, whatever the
@@ -116,7 +117,7 @@ class EvalData:
       cache_bytes: keep the batches in memory when they take at most this many bytes.
     """
     self._make = make_iterator
-    self._zeros = {k: np.zeros_like(v) for k, v in template.items()}
+    self._zeros = hosts.zero_batch(template)
     self.max_batches = max_batches
     self.cache_bytes = cache_bytes
     self._cache: list[dict[str, np.ndarray]] | None = None
@@ -151,15 +152,7 @@ class EvalData:
     if jax.process_count() == 1:
       yield from self._local()
       return
-    from jax.experimental import multihost_utils
-
-    local = self._local()
-    while True:
-      batch = next(local, None)
-      have = multihost_utils.process_allgather(np.asarray(batch is not None, np.int32))
-      if not np.any(have):
-        return
-      yield self._zeros if batch is None else batch
+    yield from hosts.lockstep(self._local(), lambda: self._zeros)
 
 
 class PeriodicEvaluator:
@@ -364,9 +357,7 @@ def build(
       use_cached=use_cached,
     )
 
-  zeros = {
-    k: np.zeros((local_rows, *np.shape(v)[1:]), np.asarray(v).dtype) for k, v in template.items()
-  }
+  zeros = hosts.zero_batch(template, local_rows)
   data = EvalData(make_iterator, zeros, max_batches=max_batches, cache_bytes=cache_bytes)
 
   seqio_fn = None

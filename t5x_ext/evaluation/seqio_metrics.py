@@ -9,8 +9,6 @@ during training use it.
 
 from __future__ import annotations
 
-import numpy as np
-
 from t5x_ext.training import hosts, memory_plan, partitioning
 
 
@@ -58,10 +56,7 @@ def seqio_metrics(
     vocab = run_data.vocabulary_of(task)
     # A shard that runs out first decodes zero rows while the others finish (one global
     # decode per step); its padding is dropped below.
-    zeros = {
-      k: np.zeros(v.shape, v.dtype)
-      for k, v in memory_plan.abstract_batch(trainer.model, lengths, rows, pack=False).items()
-    }
+    zeros = hosts.zero_batch(memory_plan.abstract_batch(trainer.model, lengths, rows, pack=False))
     pairs = pipeline.get_infer_batches(
       task.name,
       lengths,

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import numpy as np
 
 from t5x_ext.evaluation import seqio_metrics as seqio_metrics_lib
 from t5x_ext.evaluation.teacher_forced import teacher_forced_metrics
@@ -105,7 +104,7 @@ def evaluate(
   if max_batches is not None:
     local = itertools.islice(local, max_batches)
   # Shards of unequal length: the shorter ones run zero batches (no loss weight) meanwhile.
-  zeros = {k: np.zeros_like(v) for k, v in first.items()}
+  zeros = hosts.zero_batch(first)
   batches = hosts.lockstep(local, lambda: zeros)
   results: dict[str, Any] = {"step": checkpointing.checkpoint_step(source) or 0}
   tf_metrics = teacher_forced_metrics(

@@ -169,6 +169,29 @@ def allgather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
 
 
+def zero_batch(template: Mapping[str, Any], rows: int | None = None) -> dict[str, np.ndarray]:
+  """A batch of zeros with the template's shapes and dtypes: the padding batch.
+
+  Zero rows carry no loss weight and decode to nothing kept, so a shard that has run out
+  runs them while the others finish (`lockstep`), an init sees no real data, and a short
+  split pads to a fixed number of batches.
+
+  Args:
+    template: feature -> array (numpy, `jax.Array` or `jax.ShapeDtypeStruct`).
+    rows: the leading (batch) dimension, when it differs from the template's.
+
+  Returns:
+    feature -> numpy zeros.
+  """
+  out = {}
+  for k, v in template.items():
+    shape, dtype = tuple(np.shape(v)), getattr(v, "dtype", None) or np.asarray(v).dtype
+    if rows is not None:
+      shape = (int(rows), *shape[1:])
+    out[k] = np.zeros(shape, dtype)
+  return out
+
+
 def lockstep(items: Iterable[Any], pad: Callable[[], Any]) -> Iterator[Any]:
   """This process's items while any process still has one; `pad()` once this one is out.
 

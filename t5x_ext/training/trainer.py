@@ -40,7 +40,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from t5x_ext.training import optimizers, partitioning
+from t5x_ext.errors import DivergedError
+from t5x_ext.training import hosts, optimizers, partitioning
 
 # Features the data side adds for metrics only; the networks never see them.
 METRIC_ONLY_FEATURES = ("decoder_denoiser_ids",)
@@ -61,7 +62,7 @@ class TrainState:
   opt_state: Any
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(DivergedError):
   """Raised when a train step produced a NaN or infinite loss; nothing was saved after it."""
 
 
@@ -220,7 +221,7 @@ class Trainer:
     """
     self.abstract_state(batch)
     # Init only reads the batch's shapes; zeros keep real data out of the init's inputs.
-    zeros = {k: np.zeros(v.shape, v.dtype) for k, v in batch.items()}
+    zeros = hosts.zero_batch(batch)
     params, _ = partitioning.sharded_init(
       self._init_params, rng, zeros, mesh=self.mesh, rules=self.rules
     )
