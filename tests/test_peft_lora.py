@@ -150,6 +150,11 @@ def test_adapters_carry_their_kernels_logical_axes(scan_layers):
       assert a.names == lead + (axes.EMBED, None) and b.names == lead + (None, axes.MLP)
     # The factors multiply back to the kernel's shape, and B starts at zero.
     assert lora.delta(a.value, b.value, kernel.value.shape, 1.0).shape == kernel.value.shape
+  # Without logical names (a plain params tree) the factors have the same shapes.
+  plain = lora.init_adapters(jax.random.key(1), nn.unbox(boxed), CONFIG)
+  assert jax.tree.map(lambda x: x.shape, plain) == jax.tree.map(
+    lambda x: x.shape, nn.unbox(adapters)
+  )
   values = nn.unbox(lora.init_adapters(jax.random.key(1), boxed, CONFIG))
   assert all(not np.any(lora._get(values, p)["lora_b"]) for p in paths)
   assert all(np.std(lora._get(values, p)["lora_a"]) > 0 for p in paths)

@@ -142,14 +142,20 @@ class KernelSplit:
 
 def _split(path, shape, names) -> KernelSplit:
   shape = tuple(shape)
-  lead = 1 if names is not None and names and names[0] == axes.LAYERS else 0
+  if names is not None:
+    lead = 1 if names and names[0] == axes.LAYERS else 0
+  else:  # no logical names: the networks' module names tell the layout
+    lead = 1 if axes.LAYERS in path and len(shape) > 2 else 0
   rest = shape[lead:]
   if len(rest) < 2:
     raise ValueError(f"LoRA target {'/'.join(path)} has shape {shape}: not a kernel.")
   # Kernels map embed -> something or something -> embed; the output projections
   # ([heads, kv, embed], [mlp, embed]) contract all but their last axis.
-  rest_names = names[lead:] if names is not None else (None,) * len(rest)
-  ends_in_embed = rest_names[-1] == axes.EMBED and rest_names[0] != axes.EMBED
+  if names is not None:
+    rest_names = names[lead:]
+    ends_in_embed = rest_names[-1] == axes.EMBED and rest_names[0] != axes.EMBED
+  else:
+    ends_in_embed = path[-1] in ("out", "wo")
   num_in = len(rest) - 1 if ends_in_embed else 1
   return KernelSplit(tuple(path), shape, None if names is None else tuple(names), lead, num_in)
 
