@@ -246,8 +246,9 @@ def _record(index: int, ex: Mapping[str, Any], pred_row, vocab, score) -> dict[s
   from t5x_ext.data import providers as run_data
 
   ids = [int(t) for t in pred_row]
-  if 1 in ids:
-    ids = ids[: ids.index(1) + 1]
+  eos = int(getattr(vocab, "eos_id", 1))
+  if eos in ids:
+    ids = ids[: ids.index(eos) + 1]
   # `inputs` is what the model read (mode prefix included); the task's raw text, when it
   # keeps one, is `inputs_pretokenized`, and a typed prompt is `prompt`.
   record = {"index": index, "inputs": run_data.decode_ids(vocab, ex.get("inputs", []))}

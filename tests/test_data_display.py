@@ -44,6 +44,18 @@ def test_segments_split_prefix_text_sentinels_eos_and_drop_padding():
   ]
 
 
+def test_decode_ids_stops_at_the_vocabularys_eos_or_padding():
+  from t5x_ext.data import providers
+
+  assert providers.decode_ids(VOCAB, [5, 6, 19, 7, 1, 8]) == "w5 w6 <extra_id_0> w7"
+  assert providers.decode_ids(VOCAB, np.array([18, 5, 0, 6])) == "<extra_id_1> w5"
+
+  class OtherEos(_Vocab):
+    eos_id = 3
+
+  assert providers.decode_ids(OtherEos(), [5, 1, 19, 3, 6]) == "w5 w1 <extra_id_0>"
+
+
 def test_target_span_is_shaded_with_its_sentinel_colour():
   markup = display.tokens_html([19, 5, 6, 18, 7, 1], VOCAB, shade_spans=True)
   c0, c1 = display.SPAN_COLOURS[0], display.SPAN_COLOURS[1]

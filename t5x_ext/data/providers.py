@@ -206,10 +206,11 @@ def sample_examples(
 
 
 def decode_ids(vocabulary, ids: Sequence[int]) -> str:
-  """Decodes ids up to the first EOS (1) or padding (0), showing sentinels as `<extra_id_N>`.
+  """Decodes ids up to the first EOS (`vocabulary.eos_id`) or padding (0), showing
+  sentinels as `<extra_id_N>`.
 
   SeqIO's own `decode` turns sentinels into unknown tokens, which hides what a span
-  denoiser asked for and what the model filled in.
+  denoiser asked for and what the model filled in. The splitting is `display.segments`'.
 
   Args:
     vocabulary: a `seqio.Vocabulary`.
@@ -218,20 +219,14 @@ def decode_ids(vocabulary, ids: Sequence[int]) -> str:
   Returns:
     The text.
   """
-  from t5x_ext.data.display import sentinel_index
+  from t5x_ext.data.display import segments
 
-  pieces, run = [], []
-  for t in np.asarray(ids).tolist():
-    if t in (0, 1):
+  ids = np.asarray(ids).reshape(-1).tolist()
+  if 0 in ids:
+    ids = ids[: ids.index(0)]
+  pieces = []
+  for seg in segments(ids, vocabulary):
+    if seg[0] == "eos":
       break
-    k = sentinel_index(t, vocabulary)
-    if k is not None:
-      if run:
-        pieces.append(vocabulary.decode(run))
-        run = []
-      pieces.append(f"<extra_id_{k}>")
-    else:
-      run.append(int(t))
-  if run:
-    pieces.append(vocabulary.decode(run))
-  return " ".join(p for p in pieces if p)
+    pieces.append(seg[1] if seg[0] == "text" else f"<extra_id_{seg[1]}>")
+  return " ".join(pieces)
