@@ -302,7 +302,7 @@ def test_record_explains_every_input_token(vocab, docs, name):
   den = _one(name, mode="[NLG]", **dataclasses.asdict(nz))
   prefix = vocab.encode("[NLG]")
   random_ids = set(bart.random_token_ids(vocab, [8000]).tolist())
-  for ex in _examples(vocab, docs[:40], den, 300):
+  for ex in _examples(vocab, docs[:40], den, 200):
     t, x = ex["targets"], ex["inputs"]
     assert t[-1] == 1 and x[-1] == 1 and len(t) <= 128 and len(x) <= 128
     assert list(x[: len(prefix)]) == prefix
@@ -423,7 +423,7 @@ def test_span_lengths_are_poisson_with_the_budget_covered_exactly():
 @pytest.mark.parametrize("name", ["token_masking", "word_deletion"])
 def test_single_unit_masks_hit_the_budget_exactly(vocab, docs, tables, name):
   nz = CONFIGS[name]
-  _, ours, ref, agg = _compare(vocab, docs, tables, nz, 1500)
+  _, ours, ref, agg = _compare(vocab, docs, tables, nz, 800)
   budget = np.asarray([_ceil(w * 0.3) for w in agg(ours, "words")])
   np.testing.assert_array_equal(agg(ours, "covered_words"), budget)
   np.testing.assert_array_equal(agg(ref, "covered_words"), budget)
@@ -450,7 +450,7 @@ def test_permutation_happens_with_the_project_vocabulary(vocab, docs, tables):
 
 def test_rotation_offsets_are_uniform(vocab, docs):
   den = _one(rotate_ratio=0.5)
-  exs = _examples(vocab, docs, den, 3000, passes=3)
+  exs = _examples(vocab, docs, den, 2000, passes=3)
   off = np.asarray([int(e["noise_rotation"]) for e in exs])
   length = np.asarray([len(e["inputs"]) - 1 for e in exs])
   rotated = off > 0
@@ -484,16 +484,16 @@ def test_seed_reproduces_and_mixes_with_ul2(vocab, docs):
     dataclasses.replace(d, rate=0.5 / len(objectives.UL2R_DENOISERS))
     for d in objectives.UL2R_DENOISERS
   ) + (dataclasses.replace(objectives.BART_LARGE[0], mode="[NLG]", rate=0.5),)
-  a = _examples(vocab, docs[:60], mixed, 400, seed=3)
-  b = _examples(vocab, docs[:60], mixed, 400, seed=3)
-  c = _examples(vocab, docs[:60], mixed, 400, seed=4)
+  a = _examples(vocab, docs[:30], mixed, 200, seed=3)
+  b = _examples(vocab, docs[:30], mixed, 200, seed=3)
+  c = _examples(vocab, docs[:30], mixed, 200, seed=4)
   for x, y in zip(a, b):
     assert x.keys() == y.keys()
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
   assert any(not np.array_equal(x["inputs"], z["inputs"]) for x, z in zip(a, c))
   kinds = np.asarray([mixed[int(e["denoiser_id"])].kind for e in a])
-  assert 0.35 < (kinds == "bart").mean() < 0.65
+  assert 0.3 < (kinds == "bart").mean() < 0.7
   nlg = vocab.encode("[NLG]")
   for e in a:
     assert len(e["inputs"]) <= 128 and len(e["targets"]) <= 128
@@ -548,7 +548,7 @@ def test_inspector_and_html_view_show_masks_deletions_and_sentences(vocab):
   assert "line-through" in page  # text a span deleted, struck through in the targets
   assert page.count("&#167;") >= 4  # original sentence numbers in inputs and targets
   out = io.StringIO()
-  inspector.inspect("bartview_bart_v1", SHORT, n=1, stats_examples=20, out=out)
+  inspector.inspect("bartview_bart_v1", SHORT, n=1, stats_examples=8, out=out)
   printed = out.getvalue()
   assert "⟦M⟧" in printed and "noise:" in printed and "sentence jumps" in printed
   assert inspector.render([5, 8000, 1], vocab, 8000).endswith("⟦M⟧ </s>")

@@ -190,12 +190,12 @@ def _compact(vals: Sequence[tf.Tensor], keep_BL: tf.Tensor) -> tuple[list[tf.Ten
   return [_scatter_rows(dest, tf.where(keep_BL, v, 0), width)[:, :-1] for v in vals], n_B
 
 
-def _permute_sentences(tokens, word_start, valid, lens_B, p_B, spec, seed):
+def _permute_sentences(sentence_end, word_start, valid, lens_B, p_B, seed):
   """Original position of each position after permuting `ceil(p * sentences)` sentences."""
-  batch, width = tf.shape(tokens)[0], tf.shape(tokens)[1]
+  batch, width = tf.shape(word_start)[0], tf.shape(word_start)[1]
   pos = tf.range(width)[tf.newaxis]
   next_starts = tf.concat([word_start[:, 1:], tf.ones([batch, 1], tf.bool)], 1)
-  ends = (tf.gather(spec.sentence_end, tokens) & next_starts) | (pos == lens_B[:, None] - 1)
+  ends = (sentence_end & next_starts) | (pos == lens_B[:, None] - 1)
   ends &= valid
   sid = tf.cumsum(tf.cast(ends, tf.int32), axis=1, exclusive=True)
   n_B = tf.reduce_sum(tf.cast(ends, tf.int32), axis=1)
@@ -421,14 +421,17 @@ def noise_chunks(
   lens_B = tf.cast(chunks.row_lengths(), tf.int32)
   pos = tf.range(width)[tf.newaxis]
   valid = pos < lens_B[:, None]
-  word_start = tf.gather(spec.word_start, tokens) | (pos == 0)
+  # One lookup for both per-id tables: bit 0 word start, bit 1 sentence end.
+  code = tf.gather(spec.word_start.astype(np.int32) + 2 * spec.sentence_end, tokens)
+  word_start = (code % 2 > 0) | (pos == 0)
   order = tf.broadcast_to(pos, tf.shape(tokens))
   if spec.any_permute:
     order = _permute_sentences(
-      tokens, word_start, valid, lens_B, tf.gather(spec.permute, b_B), spec, seeds[0]
+      code > 1, word_start, valid, lens_B, tf.gather(spec.permute, b_B), seeds[0]
     )
-    tokens = tf.gather(tokens, order, batch_dims=1)
-    word_start = tf.gather(word_start, order, batch_dims=1)
+    # Tokens and word starts move together: one gather of both packed in an int32.
+    moved = tf.gather(tokens * 2 + tf.cast(word_start, tf.int32), order, batch_dims=1)
+    tokens, word_start = moved // 2, moved % 2 > 0
   n_zero = tf.zeros([batch], tf.int32)
   if spec.any_mask:
     fate, values, n_zero = _mask(tokens, word_start, valid, b_B, spec, seeds[1])
