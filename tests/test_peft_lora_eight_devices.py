@@ -87,3 +87,45 @@ def test_adapters_shard_like_their_kernels_and_train_as_on_one_device(scan_layer
   for x, y in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(state.params)):
     assert x.sharding.is_equivalent_to(y.sharding, x.ndim)
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_finetune_resumes_exactly_on_eight_devices(tmp_path):
+  import orbax.checkpoint as ocp
+
+  from t5x_ext.peft import finetune
+  from tests.test_peft_lora import Batches
+
+  model = models.EncoderDecoderModel(tiny_config())
+  params = jax.device_get(
+    nn.unbox(model.init_variables(jax.random.key(0), encdec_batch(0, b=8))["params"])
+  )
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "base" / "params", {"params": params})
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+
+  def run(model_dir, steps, losses):
+    return finetune.finetune_lora(
+      model=model,
+      base_checkpoint=tmp_path / "base",
+      model_dir=model_dir,
+      train_steps=steps,
+      batches=Batches(lambda i: encdec_batch(i, b=8)),
+      lora_config=CONFIG,
+      batch_size=8,
+      mesh_shape=MESH,
+      optimizer=optax.adam(1e-2),
+      checkpoint_every=1,
+      log_every=1,
+      on_log=lambda step, scalars: losses.__setitem__(step, scalars["loss"]),
+    )
+
+  straight: dict[int, float] = {}
+  done = run(tmp_path / "straight", 3, straight)
+  resumed: dict[int, float] = {}
+  run(tmp_path / "resumed", 1, resumed)
+  again = run(tmp_path / "resumed", 3, resumed)
+  assert again.start_step == 1
+  assert resumed == straight
+  for x, y in zip(jax.tree.leaves(again.state.params), jax.tree.leaves(done.state.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
