@@ -19,7 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_ext.model import decoding, flops, layers, losses
-from t5x_ext.model.network import PREFILL, STEP, DecoderOnly, EncoderDecoder, TransformerConfig
+from t5x_ext.model.network import (
+  PREFILL,
+  STEP,
+  DecoderOnly,
+  EncoderDecoder,
+  TransformerConfig,
+  insert_prompt,
+  prompt_tokens,
+)
 
 Array = jax.Array
 Batch = Mapping[str, Any]
@@ -111,6 +119,7 @@ class BaseModel:
           "top_p",
           "beam_size",
           "length_penalty",
+          "prompt_offset",
         ),
         compiler_options=decode_compiler_options(),
       )
@@ -178,15 +187,25 @@ class BaseModel:
     variables = self.module.init({"params": rng}, **dummy, deterministic=True)
     return {"params": variables["params"]}
 
-  def _apply(self, params, batch: Batch, dropout_rng: Array | None) -> Array:
+  def _apply(
+    self, params, batch: Batch, dropout_rng: Array | None, prompt=None, prompt_offset=0
+  ) -> Array:
     deterministic = dropout_rng is None or self.config.dropout_rate == 0.0
     rngs = None if deterministic else {"dropout": dropout_rng}
+    # A soft prompt (prompt tuning, `t5x_ext.peft.prompt_tuning`) goes to the network.
+    extra = {} if prompt is None else {"prompt": prompt, "prompt_offset": prompt_offset}
     return self.module.apply(
-      {"params": params}, **self._features(batch), deterministic=deterministic, rngs=rngs
+      {"params": params}, **self._features(batch), deterministic=deterministic, rngs=rngs, **extra
     )
 
   def loss_fn(
-    self, params: Any, batch: Batch, dropout_rng: Array | None
+    self,
+    params: Any,
+    batch: Batch,
+    dropout_rng: Array | None,
+    *,
+    prompt: Array | None = None,
+    prompt_offset: int = 0,
   ) -> tuple[Array, dict[str, Array]]:
     """Training loss and its summable parts.
 
@@ -194,6 +213,10 @@ class BaseModel:
       params: unboxed parameters.
       batch: a feature-converted batch.
       dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
+      prompt: a soft prompt [P, D] in front of the encoder inputs (decoder-only: of the
+        sequence) after the token embedding lookup (prompt tuning); None: none. Needs an
+        unpacked batch.
+      prompt_offset: the input position the prompt goes before (0: in front).
 
     Returns:
       (scalar loss to differentiate, aux) where aux holds float32 sums over the batch:
@@ -201,7 +224,7 @@ class BaseModel:
       "num_tokens" (sum of loss weights), and "token_loss" [B, T] (per-token cross entropy
       + z-loss, 0 where the weight is 0).
     """
-    logits_BTV = self._apply(params, batch, dropout_rng)
+    logits_BTV = self._apply(params, batch, dropout_rng, prompt, prompt_offset)
     targets_BT = jnp.asarray(batch["decoder_target_tokens"])
     weights_BT = self._loss_weights(batch)
     total_BT, z_BT, _ = losses.cross_entropy_with_z_loss(
@@ -230,17 +253,21 @@ class BaseModel:
       return jnp.asarray(batch["decoder_loss_weights"]).astype(jnp.float32)
     return (jnp.asarray(batch["decoder_target_tokens"]) > 0).astype(jnp.float32)
 
-  def score_batch(self, params: Any, batch: Batch) -> Array:
+  def score_batch(
+    self, params: Any, batch: Batch, *, prompt: Array | None = None, prompt_offset: int = 0
+  ) -> Array:
     """Log-likelihood of each example's targets (no z-loss, no smoothing).
 
     Args:
       params: unboxed parameters.
       batch: an unpacked batch.
+      prompt: a soft prompt (see `loss_fn`), or None.
+      prompt_offset: its place (see `loss_fn`).
 
     Returns:
       float32 [B]: sum over target tokens (loss weight > 0) of log p(token).
     """
-    logits_BTV = self._apply(params, batch, None)
+    logits_BTV = self._apply(params, batch, None, prompt, prompt_offset)
     _, _, logp_BT = losses.cross_entropy_with_z_loss(
       logits_BTV, jnp.asarray(batch["decoder_target_tokens"])
     )
@@ -261,6 +288,8 @@ class BaseModel:
     top_p: float = 1.0,
     beam_size: int = 4,
     length_penalty: float = 0.6,
+    prompt: Array | None = None,
+    prompt_offset: int = 0,
   ) -> Array:
     """Generates continuations with a key/value cache (one decoder step per token).
 
@@ -279,6 +308,9 @@ class BaseModel:
       top_p: nucleus mass (1: all).
       beam_size: beams ("beam").
       length_penalty: brevity-penalty alpha ("beam").
+      prompt: a soft prompt (see `loss_fn`), or None.
+      prompt_offset: its place (see `loss_fn`; decoder-only: in the prompt before its
+        right-alignment, so decoding sees the positions training saw).
 
     Returns:
       int32 [B, decode_len]: tokens, EOS, then zeros.
@@ -303,6 +335,8 @@ class BaseModel:
       top_p=float(top_p),
       beam_size=int(beam_size) if method == "beam" else 1,
       length_penalty=float(length_penalty),
+      prompt=None if prompt is None else jnp.asarray(prompt),
+      prompt_offset=int(prompt_offset),
     )
 
   def _batch_axis(self) -> int:
@@ -377,7 +411,7 @@ class BaseModel:
       top_p=kw["top_p"],
     )
 
-  def _predict(self, params, features, rng, **kw) -> Array:
+  def _predict(self, params, features, rng, prompt=None, prompt_offset=0, **kw) -> Array:
     raise NotImplementedError
 
   def flops_per_token(self, lengths: Mapping[str, int]) -> float:
@@ -445,11 +479,19 @@ class EncoderDecoderModel(BaseModel):
       None if decoder_target_tokens is None else jnp.asarray(decoder_target_tokens),
     )
 
-  def _predict(self, params, features, rng, **kw) -> Array:
+  def _predict(self, params, features, rng, prompt=None, prompt_offset=0, **kw) -> Array:
     enc_tokens = features["encoder_input_tokens"]
     decode_len = kw["decode_len"]
     b = enc_tokens.shape[0]
-    encoded = self.module.apply({"params": params}, enc_tokens, method=EncoderDecoder.encode)
+    encoded = self.module.apply(
+      {"params": params},
+      enc_tokens,
+      prompt=prompt,
+      prompt_offset=prompt_offset,
+      method=EncoderDecoder.encode,
+    )
+    if prompt is not None:  # the cross-attention mask covers the prompt's positions
+      enc_tokens = prompt_tokens(enc_tokens, prompt.shape[-2], prompt_offset)
     start = jnp.zeros((b, 1), jnp.int32)
     logits, variables = self.module.apply(
       {"params": params},
@@ -541,14 +583,16 @@ class DecoderOnlyModel(BaseModel):
       next_causal = next_causal & (jnp.pad(seg[:, 1:], ((0, 0), (0, 1))) == seg)
     return ((targets > 0) & ~next_causal).astype(jnp.float32)
 
-  def _apply(self, params, batch: Batch, dropout_rng: Array | None) -> Array:
+  def _apply(
+    self, params, batch: Batch, dropout_rng: Array | None, prompt=None, prompt_offset=0
+  ) -> Array:
     if not self.inputs_bidirectional_attention and "decoder_causal_attention" in batch:
       # A causal LM on prefix-LM batches: the prefix is attended causally. Only the
       # network's view drops the feature; prediction still reads it to find the prompt.
       batch = {k: v for k, v in batch.items() if k != "decoder_causal_attention"}
-    return super()._apply(params, batch, dropout_rng)
+    return super()._apply(params, batch, dropout_rng, prompt, prompt_offset)
 
-  def _predict(self, params, features, rng, **kw) -> Array:
+  def _predict(self, params, features, rng, prompt=None, prompt_offset=0, **kw) -> Array:
     inputs_BP = features["decoder_input_tokens"]
     b, p = inputs_BP.shape
     decode_len = kw["decode_len"]
@@ -563,9 +607,19 @@ class DecoderOnlyModel(BaseModel):
     shift_B = p - prompt_len_B
     src = jnp.arange(p)[None, :] - shift_B[:, None]
     aligned_BP = jnp.where(src >= 0, jnp.take_along_axis(inputs_BP, jnp.maximum(src, 0), 1), 0)
+    real_BP = src >= 0
+    prefix = real_BP.astype(jnp.int32) if self.inputs_bidirectional_attention else None
+    extra = {}
+    if prompt is not None:
+      # The soft prompt goes where training put it: `prompt_offset` tokens into the
+      # right-aligned prompt, so it sits next to the tokens (no padding in between).
+      num = prompt.shape[-2]
+      offset_B = shift_B + prompt_offset
+      extra = {"prompt": prompt, "prompt_offset": offset_B}
+      real_BP = insert_prompt(real_BP, jnp.ones((num,), jnp.bool_), offset_B)
+      p += num
     cache_length = p + decode_len - 1
-    cache_mask_BC = jnp.concatenate([src >= 0, jnp.ones((b, cache_length - p), jnp.bool_)], axis=1)
-    prefix = (src >= 0).astype(jnp.int32) if self.inputs_bidirectional_attention else None
+    cache_mask_BC = jnp.concatenate([real_BP, jnp.ones((b, cache_length - p), jnp.bool_)], axis=1)
     logits, variables = self.module.apply(
       {"params": params},
       aligned_BP,
@@ -574,6 +628,7 @@ class DecoderOnlyModel(BaseModel):
       cache_length=cache_length,
       cache_mask=cache_mask_BC,
       mutable=["cache"],
+      **extra,
     )
     rows = b * (kw["beam_size"] if kw["method"] == "beam" else 1)
     step_mask = cache_mask_BC if rows == b else jnp.repeat(cache_mask_BC, rows // b, axis=0)

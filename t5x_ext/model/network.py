@@ -396,6 +396,86 @@ def _logits(module: nn.Module, y_BTD: Array) -> Array:
   return nn.with_logical_constraint(logits, axes.BLV)
 
 
+def _prompt_index(length: int, num: int, offset, *, removing: bool) -> Array:
+  """Gather indices that insert `num` prompt rows at `offset` (or take them out again)."""
+  off = jnp.reshape(jnp.asarray(offset, jnp.int32), (-1, 1))
+  if removing:  # original position j of the joined sequence [prompt rows inserted at off]
+    j = jnp.arange(length)[None, :]
+    return jnp.where(j < off, j, j + num)
+  j = jnp.arange(num + length)[None, :]  # into concat([prompt, x])
+  return jnp.where(j < off, num + j, jnp.where(j < off + num, j - off, j))
+
+
+def _take_rows(x: Array, index: Array) -> Array:
+  index = jnp.broadcast_to(index, (x.shape[0], index.shape[1]))
+  return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def insert_prompt(x_BL: Array, prompt_BP: Array, offset: int | Array = 0) -> Array:
+  """`x_BL` with the rows of `prompt_BP` inserted before its position `offset`.
+
+  Args:
+    x_BL: [B, L, ...] (embeddings, or token-like int arrays).
+    prompt_BP: [B, P, ...] or [P, ...] (broadcast over the batch), cast to `x_BL`'s dtype.
+    offset: where the prompt goes: an int (the same for every row) or int [B] (per row;
+      decoding right-aligns decoder-only prompts). 0 puts it in front.
+
+  Returns:
+    [B, P + L, ...].
+  """
+  if prompt_BP.ndim == x_BL.ndim - 1:
+    prompt_BP = prompt_BP[None]
+  prompt_BP = jnp.broadcast_to(prompt_BP, (x_BL.shape[0],) + prompt_BP.shape[1:]).astype(x_BL.dtype)
+  num = prompt_BP.shape[1]
+  if isinstance(offset, int | np.integer):
+    return jnp.concatenate([x_BL[:, :offset], prompt_BP, x_BL[:, offset:]], axis=1)
+  joined = jnp.concatenate([prompt_BP, x_BL], axis=1)
+  return _take_rows(joined, _prompt_index(x_BL.shape[1], num, offset, removing=False))
+
+
+def prompt_tokens(tokens_BL: Array, num: int, offset: int | Array = 0) -> Array:
+  """`tokens_BL` (or any [B, L] per-token feature) with `num` ones at the prompt's positions.
+
+  The masks read token arrays (0 is padding): the soft prompt's positions are real tokens.
+
+  Args:
+    tokens_BL: int [B, L].
+    num: P, the prompt's length.
+    offset: as in `insert_prompt`.
+
+  Returns:
+    [B, P + L], in `tokens_BL`'s dtype.
+  """
+  return insert_prompt(tokens_BL, jnp.ones((num,), tokens_BL.dtype), offset)
+
+
+def remove_prompt(y_BL: Array, num: int, offset: int | Array = 0) -> Array:
+  """The inverse of `insert_prompt`: drops the `num` rows at the prompt's positions.
+
+  Args:
+    y_BL: [B, P + L, ...].
+    num: P.
+    offset: as in `insert_prompt`.
+
+  Returns:
+    [B, L, ...].
+  """
+  if isinstance(offset, int | np.integer):
+    return jnp.concatenate([y_BL[:, :offset], y_BL[:, offset + num :]], axis=1)
+  return _take_rows(y_BL, _prompt_index(y_BL.shape[1] - num, num, offset, removing=True))
+
+
+def _check_prompt(prompt: Array | None, *segment_ids: Array | None) -> int:
+  if prompt is None:
+    return 0
+  if any(s is not None for s in segment_ids):
+    raise ValueError(
+      "A soft prompt needs unpacked batches (no *_segment_ids): prompt tuning does not "
+      "support packing (`pack=False`)."
+    )
+  return prompt.shape[-2]
+
+
 def _decoder_self_mask(
   mode: str,
   length: int,
@@ -452,6 +532,8 @@ class EncoderDecoder(nn.Module):
     encoder_segment_ids: Array | None = None,
     *,
     deterministic: bool = True,
+    prompt: Array | None = None,
+    prompt_offset: int = 0,
   ) -> Array:
     """Runs the encoder.
 
@@ -459,11 +541,18 @@ class EncoderDecoder(nn.Module):
       encoder_input_tokens: int [B, I] (0 is padding).
       encoder_segment_ids: packing segment ids [B, I], or None.
       deterministic: disables dropout.
+      prompt: a soft prompt [P, D] (or [B, P, D]) inserted after the token embedding
+        lookup (prompt tuning); its positions are real tokens. Needs unpacked inputs.
+      prompt_offset: the prompt goes before input position `prompt_offset` (0: in front).
 
     Returns:
-      [B, I, D] encoder output.
+      [B, I, D] encoder output; [B, P + I, D] with a prompt (see `prompt_tokens` for the
+      matching cross-attention tokens).
     """
     x = self.token_embedder(encoder_input_tokens)
+    if _check_prompt(prompt, encoder_segment_ids):
+      x = nn.with_logical_constraint(insert_prompt(x, prompt, prompt_offset), axes.BLD)
+      encoder_input_tokens = prompt_tokens(encoder_input_tokens, prompt.shape[-2], prompt_offset)
     dense = masks.encoder_mask(encoder_input_tokens, encoder_segment_ids)
     seg = attention.segments(encoder_input_tokens > 0, encoder_segment_ids)
     mask = attention.AttentionMask(dense, seg, seg, None, False, encoder_segment_ids is not None)
@@ -544,6 +633,8 @@ class EncoderDecoder(nn.Module):
     decoder_positions: Array | None = None,
     *,
     deterministic: bool = True,
+    prompt: Array | None = None,
+    prompt_offset: int = 0,
   ) -> Array:
     """Full forward pass (teacher forcing).
 
@@ -557,12 +648,22 @@ class EncoderDecoder(nn.Module):
         relative bias depends only on offsets, which are the same within a segment.
       decoder_positions: as `encoder_positions`.
       deterministic: disables dropout.
+      prompt: a soft prompt [P, D] in front of the encoder inputs (see `encode`).
+      prompt_offset: its place among the encoder inputs (see `encode`).
 
     Returns:
       [B, T, V] float32 logits.
     """
     del encoder_positions, decoder_positions
-    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, deterministic=deterministic)
+    encoded = self.encode(
+      encoder_input_tokens,
+      encoder_segment_ids,
+      deterministic=deterministic,
+      prompt=prompt,
+      prompt_offset=prompt_offset,
+    )
+    if _check_prompt(prompt, encoder_segment_ids):
+      encoder_input_tokens = prompt_tokens(encoder_input_tokens, prompt.shape[-2], prompt_offset)
     return self.decode(
       encoded,
       encoder_input_tokens,
@@ -602,6 +703,8 @@ class DecoderOnly(nn.Module):
     cache_length: int = 0,
     index: Array | None = None,
     cache_mask: Array | None = None,
+    prompt: Array | None = None,
+    prompt_offset: int | Array = 0,
   ) -> Array:
     """Forward pass, or one decoding call.
 
@@ -618,12 +721,29 @@ class DecoderOnly(nn.Module):
       index: int32 scalar slot of the STEP token.
       cache_mask: bool [B, cache_length], False on cache slots that hold no token (the
         left padding of right-aligned prompts); None: all slots.
+      prompt: a soft prompt [P, D] (or [B, P, D]) inserted after the token embedding
+        lookup (prompt tuning; FULL and PREFILL calls, unpacked batches): its positions
+        are real tokens, in the bidirectional prefix when `decoder_causal_attention` is
+        given, and their logits are dropped. `cache_length` and `cache_mask` count them.
+      prompt_offset: the prompt goes before position `prompt_offset` (int, or int [B]).
 
     Returns:
       [B, T, V] float32 logits.
     """
     del decoder_positions
-    length = decoder_input_tokens.shape[1]
+    num_prompt = _check_prompt(prompt, decoder_segment_ids)
+    x = self.token_embedder(decoder_input_tokens)
+    if prompt is not None:
+      if mode == STEP:
+        raise ValueError("a STEP call takes no prompt (the cache holds it)")
+      x = nn.with_logical_constraint(insert_prompt(x, prompt, prompt_offset), axes.BLD)
+      if decoder_target_tokens is not None:
+        decoder_target_tokens = prompt_tokens(decoder_target_tokens, num_prompt, prompt_offset)
+      if decoder_causal_attention is not None:
+        decoder_causal_attention = prompt_tokens(
+          decoder_causal_attention, num_prompt, prompt_offset
+        )
+    length = x.shape[1]
     self_mask, q_pos, k_pos = _decoder_self_mask(
       mode,
       length,
@@ -635,7 +755,7 @@ class DecoderOnly(nn.Module):
       cache_mask,
     )
     y = self.decoder(
-      self.token_embedder(decoder_input_tokens),
+      x,
       None,
       self_mask,
       None,
@@ -646,6 +766,8 @@ class DecoderOnly(nn.Module):
       cache_length=cache_length,
       index=index,
     )
+    if num_prompt:
+      y = remove_prompt(y, num_prompt, prompt_offset)
     return _logits(self, y)
 
 
