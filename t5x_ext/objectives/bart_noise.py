@@ -285,10 +285,10 @@ def _mask(tokens, word_start, valid, b, spec, seed):
     tf.gather(spec.mask_random, b)[:, None], tf.float32
   )
   # One word-space difference array for two counts: spans covering a word ([w0, w1), low
-  # bits) and spans whose interior (w0, w1) holds it (times _INNER); and at each start word
-  # a mark (times _START, never summed: cumsum of the marks is subtracted out below) and its
-  # random flag. A word is a span head (one mask for the merged run) if a span starts there
-  # and no other span's interior covers it.
+  # bits) and spans whose interior (w0, w1) holds it (times _INNER); a second scatter marks
+  # each start word (1) and its random flag (2). A word is a span head (one mask for the
+  # merged run) if a span starts there and no other span's interior covers it. Per word,
+  # `code` packs covered (1), head (2) and the run's random flag (4) for one gather to tokens.
   wwidth = width + 1
   diff = _scatter_rows(
     tf.concat([w0, w1, tf.minimum(w0 + 1, w1), w1], 1),
