@@ -85,7 +85,7 @@ step() {
 has_gpu_jax() {
   "$PY" - <<'EOF' >> "$LOG" 2>&1
 import jax
-assert jax.default_backend() == "gpu", jax.default_backend()
+assert jax.default_backend() in ("gpu", "cuda"), jax.default_backend()
 print("jax", jax.__version__, "sees", jax.devices())
 EOF
 }

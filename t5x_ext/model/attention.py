@@ -102,6 +102,8 @@ def segments(real_BL: Array, segment_ids_BL: Array | None) -> Array:
 def backend_platform() -> str:
   """'cuda', 'rocm', 'tpu', 'cpu' (or another backend name) of the default backend."""
   backend = jax.default_backend()
+  if backend in ("cuda", "rocm"):
+    return backend
   if backend == "gpu":
     try:
       version = jax.extend.backend.get_backend().platform_version.lower()
