@@ -11,7 +11,7 @@ Public API:
     a SeqIO preprocessor.
 """
 
-from t5x_ext.objectives.bart import BART_LARGE, BART_PAPER, BART_TABLE1, BartNoise, bart_denoise
+from t5x_ext.objectives.bart import BART_LARGE, BART_PAPER, BART_TABLE1, BartNoise
 from t5x_ext.objectives.denoisers import (
   CAUSAL_LM,
   KINDS,
@@ -29,6 +29,7 @@ from t5x_ext.objectives.denoisers import (
 )
 from t5x_ext.objectives.mixture import (
   MODE_PREFIX_OPTIONS,
+  bart_denoise,
   mixture_of_denoisers,
   mode_prefix_tokens,
   validate_denoisers,

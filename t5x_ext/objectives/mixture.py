@@ -350,3 +350,51 @@ def chunk_documents(
   values = tf.cond(tf.size(tail) > 0, drop_tails, lambda: flat)
   chunks = tf.RaggedTensor.from_row_lengths(values, tf.boolean_mask(lengths, keep), validate=False)
   return chunks, tf.boolean_mask(ids, keep)
+
+
+def bart_denoise(
+  dataset: Any,
+  sequence_length: Any,
+  output_features: Any,
+  noise: bart.BartNoise = bart.BART_LARGE[0].bart,
+  *,
+  mode: str = "",
+  seed: int | None = None,
+  append_eos: bool = False,
+  noise_record: bool = False,
+) -> Any:
+  """SeqIO preprocessor: tokenized documents in, BART examples out (one BART denoiser).
+
+  The same as `mixture_of_denoisers(dataset, sequence_length, output_features,
+  (Denoiser("bart", "bart", mode=mode, bart=noise),), ...)`; follow it with
+  `seqio.preprocessors.append_eos_after_trim` or pass `append_eos=True`. Random draws come
+  from SeqIO's seed (`seqio.map_over_dataset(num_seeds=1)`) or `seed`.
+
+  Example (text infilling + sentence permutation; ids made up, 8000 = the mask):
+
+    {"targets": [5, 6, 7, 8, 9, 10, 11, 12]}   # "a b c. d e f g h." (two sentences)
+    -> {"inputs": [8, 8000, 12, 5, 6, 7], "targets": [5, 6, 7, 8, 9, 10, 11, 12],
+        "denoiser_id": 0}
+
+  Args:
+    dataset: examples with an int `targets` feature (a whole document).
+    sequence_length: {"inputs": LI, "targets": LT}.
+    output_features: the task's features (their vocabulary gives the mask and word tables).
+    noise: the settings (default: the released BART-large ones).
+    mode: a mode prefix for `inputs` ("" for none).
+    seed: overrides SeqIO's seed for this preprocessor.
+    append_eos: add EOS to both features in the batched step.
+    noise_record: add the noise record (`bart_noise.RECORD_KEYS`).
+
+  Returns:
+    A dataset of {"inputs", "targets", "denoiser_id"} (+ the record).
+  """
+  return mixture_of_denoisers(
+    dataset,
+    sequence_length,
+    output_features,
+    (Denoiser("bart", "bart", mode=mode, bart=noise),),
+    seed=seed,
+    append_eos=append_eos,
+    noise_record=noise_record,
+  )
