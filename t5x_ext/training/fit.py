@@ -33,6 +33,7 @@ from t5x_ext.training import (
   loop,
   optimizers,
   partitioning,
+  preemption,
   run_paths,
   run_setup,
   tensorboard_events,
@@ -177,6 +178,7 @@ def fit(
     partitioning.check_params_sharded(abstract.params, run.mesh)
   is_chief = jax.process_index() == 0
   say = print if is_chief else (lambda *a, **k: None)
+  _say_attention(model, run, pack, say)
   if plan_memory:
     _plan_memory(trainer, first, run.batch_size, memory_bytes, device_memory, say)
 
@@ -216,21 +218,22 @@ def fit(
 
   batches = loop.Prefetcher(batches_iter, trainer.shard_batch, size=prefetch)
   try:
-    state = loop.train_loop(
-      trainer,
-      state,
-      batches,
-      train_steps=train_steps,
-      log_every=log_every,
-      writer=writer,
-      checkpointer=_CheckpointAdapter(ckpt),
-      progress=progress,
-      **throughput,
-      denoiser_groups=run.denoiser_groups,
-      on_log=on_log,
-      position_fn=_position_for_checkpoint,
-      evaluator=evaluator,
-    )
+    with preemption.training():  # SIGTERM from here flags; the loop saves, then stops
+      state = loop.train_loop(
+        trainer,
+        state,
+        batches,
+        train_steps=train_steps,
+        log_every=log_every,
+        writer=writer,
+        checkpointer=_CheckpointAdapter(ckpt),
+        progress=progress,
+        **throughput,
+        denoiser_groups=run.denoiser_groups,
+        on_log=on_log,
+        position_fn=_position_for_checkpoint,
+        evaluator=evaluator,
+      )
   finally:
     batches.close()
     progress.close()
@@ -238,6 +241,7 @@ def fit(
     if evaluator is not None:
       evaluator.close()
     ckpt.close()
+    preemption.set_unsaved(False)  # every save committed (or the run failed)
   return TrainResult(
     state,
     trainer,
@@ -245,7 +249,7 @@ def fit(
     dict(last),
     [],
     dict(evaluator.last) if evaluator is not None else {},
-    stopped_by_signal=ckpt.stop_requested,
+    stopped_by_signal=ckpt.stop_requested or preemption.requested(),
   )
 
 
@@ -289,6 +293,26 @@ def _device_memory_bytes(device_memory: Any) -> int:
       f"device_memory = {device_memory!r}: expected bytes or a size such as '16GiB', '80GB' "
       "or '512MiB'."
     ) from None
+
+
+def _say_attention(model, run, pack, say) -> None:
+  """Prints the attention kernel each attention takes (`attention_implementation`).
+
+  An explicit kernel that cannot run on this backend fails here, before compiling.
+  """
+  config = getattr(model, "config", None)
+  if config is None or not hasattr(config, "attention_implementation"):
+    return
+  from t5x_ext.model import attention
+
+  chosen = attention.describe(
+    config,
+    int(run.lengths.get("inputs", 0)),
+    flops.decoder_length(config, run.lengths),
+    packed=pack,
+    prefix_lm=bool(getattr(model, "inputs_bidirectional_attention", False)),
+  )
+  say("Attention: " + ", ".join(f"{k} {v['implementation']}" for k, v in chosen.items()) + ".")
 
 
 def _plan_memory(trainer, first, batch_size, memory_bytes, device_memory, say):
@@ -434,6 +458,13 @@ class _Peeked:
 
   def state(self):
     return self._first_state if self._first is not None else self._it.state()
+
+  def close(self):
+    """Closes the underlying iterator (its input pipeline), if it can be closed."""
+    self._first = None
+    close = getattr(self._it, "close", None)
+    if callable(close):
+      close()
 
 
 def _position_for_checkpoint(position: Mapping[str, Any] | None) -> dict[str, Any]:
