@@ -12,7 +12,9 @@ Registered here:
   c4_{OBJECTIVE}_v1       TFDS c4/en (`tasks.c4`)
     where OBJECTIVE is a key of `OBJECTIVES`: ul2_mod, ul2r_mod, span_corruption, prefix_lm,
     causal_lm, ul2_mod_noprefix (UL2's denoisers without mode prefixes) and sclm (span
-    corruption plus causal LM), the single objectives and ablation arms of docs/ablation.md
+    corruption plus causal LM), the single objectives and ablation arms of docs/ablation.md,
+    bart (BART-large's released noises) and codet5p (CodeT5+'s first-stage mixture), the
+    other seq2seq denoisers of docs/objectives.md
   glue_sst2_nlu_v1, cnn_dailymail_s2s_v1, pydocs_topic_classification_v1   fine-tuning with
     mode prefixes (`tasks.finetune`; `register_sst2(mode=...)` etc. for other modes)
 The evaluation suite's tasks (`tasks.evaluation`) register when the suite builds them.
