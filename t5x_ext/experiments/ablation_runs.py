@@ -13,6 +13,9 @@ registers for every corpus; backbones are the encoder-decoder given to the ablat
   ul2_noprefix_ed/_dec  the same mixture without mode prefixes
   codet5p_ed       CodeT5+'s first-stage mixture (span denoising, seq2seq causal LM, causal
                    LM with `[CLM]` as the only encoder input; arXiv:2305.07922 Sec. 3.1)
+  bart_ed          BART's released noises (text infilling of 30% of the words, Poisson(3.5)
+                   spans, every sentence permuted; the target is the original text),
+                   encoder-decoder (arXiv:1910.13461 Sec. 2.2, 5.1)
 
 Decoder-only twins are compute-matched by default, as UL2 compares its backbones: as many
 layers as the encoder-decoder's decoder (its encoder has as many again), so a position costs
@@ -111,6 +114,8 @@ RUNS: dict[str, RunSpec] = {
     # No UL2 mode prefixes: the suite scores its families under none (its own `[CLM]`
     # marks only the causal-LM rows, which no family of the suite has).
     _spec("codet5p_ed", "CodeT5+ (ED)", "codet5p", ENCODER_DECODER),
+    # No mode prefixes either: the families are scored under none.
+    _spec("bart_ed", "BART (ED)", "bart", ENCODER_DECODER),
   )
 }
 
