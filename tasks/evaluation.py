@@ -92,12 +92,12 @@ def mode_prefix_settings(task: seqio.Task) -> dict:
   Returns:
     `{"mode_prefix": "text" | "token", "mode_token_ids": dict | None}`.
   """
-  for p in task.preprocessors:
-    if isinstance(p, functools.partial) and p.func is objectives.mixture_of_denoisers:
-      return {
-        "mode_prefix": p.keywords.get("mode_prefix", "text"),
-        "mode_token_ids": p.keywords.get("mode_token_ids"),
-      }
+  p = objectives.mod_preprocessor(task)
+  if p is not None:
+    return {
+      "mode_prefix": p.keywords.get("mode_prefix", "text"),
+      "mode_token_ids": p.keywords.get("mode_token_ids"),
+    }
   return {"mode_prefix": "text", "mode_token_ids": None}
 
 

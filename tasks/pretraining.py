@@ -226,19 +226,8 @@ def register_objectives(
   return names
 
 
-def task_denoisers(task: seqio.Task) -> tuple | None:
-  """The denoisers a task registered here applies (None for other tasks).
-
-  Args:
-    task: a SeqIO task.
-
-  Returns:
-    The tuple of `Denoiser`s given to `mixture_of_denoisers`, or None.
-  """
-  for p in task.preprocessors:
-    if isinstance(p, functools.partial) and p.func is objectives.mixture_of_denoisers:
-      return p.keywords.get("denoisers")
-  return None
+# The denoisers a task applies (None for other tasks): the library's one definition.
+task_denoisers = objectives.denoisers_of
 
 
 def _denoising_start(task: seqio.Task) -> int | None:

@@ -275,11 +275,12 @@ def task_examples(
   """
   import seqio
 
+  import tasks  # noqa: F401 - registers the project's tasks
   from t5x_ext import objectives
-  from tasks import pretraining
+  from t5x_ext.data.providers import denoisers_of
 
   task = seqio.get_mixture_or_task(task_name)
-  denoisers = pretraining.task_denoisers(task) if isinstance(task, seqio.Task) else None
+  denoisers = denoisers_of(task) if isinstance(task, seqio.Task) else None
   if not denoisers:
     raise ValueError(
       f"task_name = {task_name!r} has no Mixture-of-Denoisers preprocessor; use "

@@ -151,11 +151,12 @@ def denoiser_statistics(
     spec_noise_density, mean_span_length, spec_mean_span_length, inputs_mean, inputs_max,
     targets_mean, targets_max`.
   """
-  from tasks import pretraining
+  import tasks  # noqa: F401 - registers the project's tasks
+  from t5x_ext.data.providers import denoisers_of
 
   task = seqio.get_mixture_or_task(task_name)
   vocabulary = task.output_features["targets"].vocabulary
-  denoisers = pretraining.task_denoisers(task) if isinstance(task, seqio.Task) else None
+  denoisers = denoisers_of(task) if isinstance(task, seqio.Task) else None
   prefixes = _prefixes(denoisers, vocabulary) if denoisers else [[]]
   accs = collections.defaultdict(_Acc)
   # Repeat: a small split (the embedded corpus) has fewer documents than the sample asks for;
@@ -286,11 +287,12 @@ def inspect(
     `{"denoisers": [...], "packing": {...}}` (see `denoiser_statistics`,
     `packing_statistics`).
   """
-  from tasks import pretraining
+  import tasks  # noqa: F401 - registers the project's tasks
+  from t5x_ext.data.providers import denoisers_of
 
   provider = seqio.get_mixture_or_task(task_name)
   vocabulary = provider.output_features["targets"].vocabulary
-  denoisers = pretraining.task_denoisers(provider) if isinstance(provider, seqio.Task) else None
+  denoisers = denoisers_of(provider) if isinstance(provider, seqio.Task) else None
   out = out or sys.stdout
   p = lambda *a: print(*a, file=out)  # noqa: E731
   p(f"task {task_name}  split={split}  lengths={dict(task_feature_lengths)}")

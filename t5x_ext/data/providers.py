@@ -6,8 +6,6 @@ import it, and only when they read a SeqIO task; the trainer never does.
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -42,19 +40,10 @@ def get_provider(mixture_or_task_name: str):
     ) from None
 
 
-def _denoiser_partial(task) -> functools.partial | None:
-  from t5x_ext import objectives
-
-  for p in getattr(task, "preprocessors", ()):
-    if isinstance(p, functools.partial) and p.func is objectives.mixture_of_denoisers:
-      return p
-  return None
-
-
 def denoisers_of(provider) -> tuple | None:
   """The denoisers whose ids appear in `decoder_denoiser_ids`, or None.
 
-  For a mixture, its tasks must share one denoiser tuple (ids would collide otherwise).
+  `t5x_ext.objectives.denoisers_of` (imported here when called: it needs TensorFlow).
 
   Args:
     provider: a SeqIO task or mixture.
@@ -62,15 +51,9 @@ def denoisers_of(provider) -> tuple | None:
   Returns:
     A tuple of `t5x_ext.objectives.Denoiser`, or None for tasks without a MoD preprocessor.
   """
-  tasks_ = getattr(provider, "tasks", None) or [provider]
-  found = set()
-  for task in tasks_:
-    p = _denoiser_partial(task)
-    found.add(tuple(p.keywords.get("denoisers", ())) if p is not None else None)
-  if len(found) != 1:
-    logging.warning("Tasks of %s use different denoisers: no per-denoiser losses.", provider.name)
-    return None
-  return found.pop() or None
+  from t5x_ext import objectives
+
+  return objectives.denoisers_of(provider)
 
 
 def vocabulary_of(provider):
@@ -127,7 +110,7 @@ def check_task(
       f"{provider.name!r} ({vocab.vocab_size} ids)."
     )
   for task in (getattr(provider, "tasks", None) or [provider]) if plan else ():
-    p = _denoiser_partial(task)
+    p = objectives.mod_preprocessor(task)
     if p is None:
       continue
     kw = p.keywords

@@ -30,7 +30,9 @@ from t5x_ext.objectives.denoisers import (
 from t5x_ext.objectives.mixture import (
   MODE_PREFIX_OPTIONS,
   bart_denoise,
+  denoisers_of,
   mixture_of_denoisers,
+  mod_preprocessor,
   mode_prefix_tokens,
   validate_denoisers,
 )
@@ -64,7 +66,9 @@ __all__ = [
   "Denoiser",
   "DenoiserPlan",
   "check_denoisers",
+  "denoisers_of",
   "mixture_of_denoisers",
+  "mod_preprocessor",
   "mode_prefix_tokens",
   "normalized_rates",
   "plan_mixture",

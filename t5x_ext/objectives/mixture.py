@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -298,6 +300,43 @@ def mixture_of_denoisers(
     # downstream (unbatch, append_eos_after_trim, packing).
     ds = denoiser(ds).prefetch(tf.data.AUTOTUNE).unbatch()
   return ds
+
+
+def mod_preprocessor(task: Any) -> functools.partial | None:
+  """A task's `functools.partial(mixture_of_denoisers, ...)` step, or None.
+
+  Args:
+    task: a SeqIO task.
+
+  Returns:
+    The first such preprocessor (its keywords are the mixture's settings), or None.
+  """
+  for p in getattr(task, "preprocessors", ()):
+    if isinstance(p, functools.partial) and p.func is mixture_of_denoisers:
+      return p
+  return None
+
+
+def denoisers_of(provider: Any) -> tuple | None:
+  """The denoisers a task's `mixture_of_denoisers` step applies, in `decoder_denoiser_ids` order.
+
+  For a mixture, its tasks must share one denoiser tuple (ids would collide otherwise).
+
+  Args:
+    provider: a SeqIO task or mixture.
+
+  Returns:
+    A tuple of `Denoiser`s, or None for tasks without a MoD preprocessor (and for a mixture
+    whose tasks differ, with a warning).
+  """
+  found = set()
+  for task in getattr(provider, "tasks", None) or [provider]:
+    p = mod_preprocessor(task)
+    found.add(tuple(p.keywords.get("denoisers", ())) if p is not None else None)
+  if len(found) != 1:
+    logging.warning("Tasks of %s use different denoisers: no per-denoiser losses.", provider.name)
+    return None
+  return found.pop() or None
 
 
 def chunk_documents(
