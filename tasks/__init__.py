@@ -18,12 +18,15 @@ Registered here:
   glue_sst2_nlu_v1, cnn_dailymail_s2s_v1, pydocs_topic_classification_v1   fine-tuning with
     mode prefixes (`tasks.finetune`; `register_sst2(mode=...)` etc. for other modes)
 The evaluation suite's tasks (`tasks.evaluation`) register when the suite builds them.
-Factories: `register_text_files` (your own files), `tasks.c4.register` (other version/vocab).
+Factories: `register_text_files` (your own files), `tasks.c4.register` (other version/vocab),
+`register_self_pretraining` (an objective over a registered task's train inputs:
+`<task>_self_<objective>_v1`, `tasks.self_pretraining`).
 """
 
 from tasks import c4, finetune, pydocs
 from tasks.corpus import cache_dir, corpus_fingerprint
 from tasks.pretraining import OBJECTIVES, task_denoisers
+from tasks.self_pretraining import register_self_pretraining
 from tasks.text_files import register_text_files
 from tasks.vocab import default_vocabulary, default_vocabulary_path
 
@@ -44,6 +47,7 @@ __all__ = [
   "default_vocabulary",
   "default_vocabulary_path",
   "register_all",
+  "register_self_pretraining",
   "register_text_files",
   "task_denoisers",
 ]
