@@ -7,8 +7,10 @@ import types
 
 import pytest
 
+from t5x_ext import errors
 from t5x_ext.launch import flags as cli
-from t5x_ext.training import checkpointing, run_lock
+from t5x_ext.training import checkpointing, memory_plan, run_lock
+from t5x_ext.training.trainer import NonFiniteLossError
 
 
 def _status(main_fn):
@@ -28,7 +30,8 @@ def _raise(error):
 @pytest.mark.parametrize(
   "error",
   [
-    ValueError("BATCH_SIZE = 0: must be a positive int."),
+    errors.UserError("BATCH_SIZE = 0: must be a positive int."),
+    memory_plan.PlanTooLargeError("The train step needs 9 GiB per device; BATCH_SIZE ..."),
     FileNotFoundError("No checkpoint at /nowhere"),
     run_lock.RunLockError("MODEL_DIR = '/x' is in use by another run (pid 1)"),
     checkpointing.CheckpointSaveError("Checkpoint of step 4 could not be written"),
@@ -43,8 +46,49 @@ def test_user_errors_print_the_message_without_traceback(error, capsys, monkeypa
 
 def test_traceback_on_request(capsys, monkeypatch):
   monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
-  assert _status(_raise(ValueError("bad"))) == cli.USER_ERROR_EXIT
+  assert _status(_raise(errors.UserError("bad"))) == cli.USER_ERROR_EXIT
   assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_plain_value_error_from_inside_is_a_bug(capsys, monkeypatch):
+  monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+
+  def main(argv):
+    return int("not a number")  # an internal ValueError, not a setting
+
+  assert _status(main) == 1
+  err = capsys.readouterr().err
+  assert "Traceback" in err and "ValueError: invalid literal" in err and "error: " not in err
+
+
+@pytest.mark.parametrize(
+  "error",
+  [
+    NonFiniteLossError("Training stopped: the loss became nan at step 7. Nothing was saved."),
+    checkpointing.NonFiniteStateError("Refusing to checkpoint step 7: the state holds NaN."),
+  ],
+)
+def test_divergence_has_its_own_status_and_one_line(error, capsys, monkeypatch):
+  monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+  assert _status(_raise(error)) == cli.DIVERGED_EXIT == 3
+  err = capsys.readouterr().err
+  assert err.splitlines()[0] == f"error: {error}" and "step 7" in err and "Traceback" not in err
+
+
+def test_the_message_alone_without_gin_and_tf_context(capsys, monkeypatch):
+  # gin appends the configurable it called; a TF error the node it ran in.
+  import gin
+
+  monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+
+  @gin.configurable("guard_test_fn")
+  def fn():
+    raise errors.UserError("bad input data: /c.jsonl:3: invalid JSON\n\t [[{{node EagerPyFunc}}]]")
+
+  assert _status(lambda argv: gin.get_configurable("guard_test_fn")()) == cli.USER_ERROR_EXIT
+  err = capsys.readouterr().err.splitlines()
+  assert err[0] == "error: bad input data: /c.jsonl:3: invalid JSON"
+  assert not any("In call to configurable" in line or "node" in line for line in err)
 
 
 def test_bugs_keep_their_traceback_and_exit_1(capsys):

@@ -33,6 +33,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_ext.data import feature_converters
+from t5x_ext.errors import UserError
 
 # What `tasks.text_files` puts in front of an error in a user's file (file:line: problem);
 # that error reaches us as the message of a TF error, with a Python traceback inside it.
@@ -40,15 +41,19 @@ DATA_ERROR_MARK = "[input data error] "
 
 
 def _next_or_data_error(iterator):
-  """`next(iterator)`; an error in the input files becomes a ValueError with its message."""
+  """`next(iterator)`; an error in the input files becomes a UserError with its one line."""
   try:
     return next(iterator)
   except tf.errors.OpError as e:
     message = str(e.message)
     if DATA_ERROR_MARK not in message:
       raise
-    detail = message.split(DATA_ERROR_MARK, 1)[1].split("\n", 1)[0].strip()
-    raise ValueError(f"bad input data: {detail}") from None
+  # Raised outside the `except`, without the TF error as its context: that error's traceback
+  # holds the tf.data iterator, which would then live as long as the exception (to the
+  # interpreter's exit, where its py_function threads can block it forever).
+  del iterator
+  detail = message.split(DATA_ERROR_MARK, 1)[1].split("\n", 1)[0].strip()
+  raise UserError(f"bad input data: {detail}")
 
 
 def _get_provider(name: str):
@@ -127,7 +132,14 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
   def __next__(self) -> dict[str, np.ndarray]:
     if self._it is None:
       self._start()
-    batch = {k: v.numpy() for k, v in _next_or_data_error(self._it).items()}
+    try:
+      raw = _next_or_data_error(self._it)
+    except StopIteration:
+      raise
+    except BaseException:
+      self.close()  # the stream ends with its error: stop tf.data's threads now
+      raise
+    batch = {k: v.numpy() for k, v in raw.items()}
     n = len(next(iter(batch.values())))
     self.num_valid = n
     if n < self.batch_size:  # only without drop_remainder: pad with zero rows
@@ -137,6 +149,15 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
       }
     self.batches += 1
     return batch
+
+  def close(self) -> None:
+    """Drops the tf.data iterator, which stops its worker threads (map, prefetch,
+    `tf.py_function`) now rather than at interpreter exit, where they can block it forever.
+
+    The position (`batches`) is kept: a later `next()` starts a new iterator there.
+    """
+    it, self._it = self._it, None
+    del it
 
   def state(self) -> dict:
     """The position: a small JSON-serializable dict for the checkpoint.

@@ -25,12 +25,14 @@ import importlib.resources
 import logging
 import os
 import pathlib
+import re
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
 import gin
+from t5x_ext import errors
 from t5x_ext.launch import gin_checks
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]  # t5x_ext/
@@ -128,8 +130,9 @@ def parse_gin(
 
   Raises:
     FileNotFoundError: naming a gin file that is nowhere on the path.
-    ValueError: a macro set by a binding that no gin file declares and nothing reads
-      (a typo such as `--gin.TRAIN_STEPZ=5`), naming it and the close names.
+    UserError: a macro set by a binding that no gin file declares and nothing reads
+      (a typo such as `--gin.TRAIN_STEPZ=5`), naming it and the close names, or gin's
+      own error in a file or binding (an unknown configurable, a syntax error).
   """
   paths = list(search_paths) + gin_search_paths()
   for p in paths:
@@ -150,6 +153,10 @@ def parse_gin(
     gin.parse_config_files_and_bindings(files, [], finalize_config=False)
     declared = gin_checks.bound_macros()
     gin.parse_config_files_and_bindings([], list(gin_bindings), finalize_config=finalize)
+  except (ValueError, SyntaxError) as e:  # gin's: a binding or a file the user wrote
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.UserError(f"{type(e).__name__} in the gin files or bindings: {e}") from e
   finally:
     root.removeFilter(quiet)
     for handler in root.handlers:
@@ -186,13 +193,13 @@ def import_task_modules(modules: Any = None) -> list[str]:
   names = [modules] if isinstance(modules, str) else list(modules)
   for name in names:
     if not isinstance(name, str):
-      raise ValueError(f"MIXTURE_OR_TASK_MODULE = {modules!r}: expected module names.")
+      raise errors.UserError(f"MIXTURE_OR_TASK_MODULE = {modules!r}: expected module names.")
     try:
       importlib.import_module(name)
     except ModuleNotFoundError as e:
       if e.name is None or not name.startswith(e.name):
         raise  # the module exists but imports something missing: its own error
-      raise ValueError(
+      raise errors.UserError(
         f"MIXTURE_OR_TASK_MODULE = {modules!r}: no module {name!r} on sys.path ({e})."
       ) from None
   return names
@@ -270,7 +277,7 @@ def check_required_macros(names: Sequence[str], *, run_file_hint: str = "") -> N
     value = macro_value(name, default=None)
     if value is None or _is_required_marker(value):
       where = f" (declared %gin.REQUIRED in {run_file_hint})" if run_file_hint else ""
-      raise ValueError(
+      raise errors.UserError(
         f"Required gin macro {name} is not set{where}; pass --gin.{name}=... or bind it in a "
         "gin file."
       )
@@ -357,10 +364,10 @@ def run(configured_main, argv: Sequence[str] | None = None, *, required_macros=(
   return configured_main()
 
 
-# What a user's settings, files or data can cause; anything else is a bug and keeps its
-# traceback.
+# What a user's settings, files or data can cause; anything else (a plain ValueError
+# included) is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-  ValueError,
+  errors.UserError,
   FileNotFoundError,
   FileExistsError,
   NotADirectoryError,
@@ -369,6 +376,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 TRACEBACK_ENV = "T5X_EXT_TRACEBACK"
 USER_ERROR_EXIT = 2
+DIVERGED_EXIT = 3  # training diverged (errors.DivergedError): a NaN or infinite loss/state
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -380,6 +388,26 @@ def user_error_types() -> tuple[type[BaseException], ...]:
   from t5x_ext.training import checkpointing, run_lock
 
   return (*USER_ERRORS, run_lock.RunLockError, checkpointing.CheckpointSaveError)
+
+
+# What gin (`In call to configurable 'train' (<function train at 0x...>)`) and TensorFlow
+# (`[[{{node EagerPyFunc}}]]`) add to a message around the line that matters.
+_ADDED_CONTEXT = re.compile(
+  r"^\s*(In call to configurable '[^']*' \(<.*>\)|\[\[\{\{node [^}]*\}\}\]\])\s*$"
+)
+
+
+def error_message(error: BaseException) -> str:
+  """`str(error)` without the lines gin and TensorFlow add around it.
+
+  Args:
+    error: the exception.
+
+  Returns:
+    The message as the code that raised it wrote it.
+  """
+  lines = [line for line in str(error).splitlines() if not _ADDED_CONTEXT.match(line)]
+  return "\n".join(lines).strip()
 
 
 STOPPED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
@@ -418,14 +446,25 @@ def _flush_and_exit(status: int) -> None:
   os._exit(status)
 
 
+def _report(error: BaseException) -> None:
+  if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+    traceback.print_exc()
+  else:
+    print(f"error: {error_message(error)}", file=sys.stderr)
+    print(f"(set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
+
+
 def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and_exit) -> None:
   """Runs an entry point's `main`, then exits the process promptly with a telling status.
 
   - success: 0; a run stopped by SIGTERM after its checkpoint: `STOPPED_EXIT` (143);
-  - a user error (bad setting, path, data; a held MODEL_DIR lock; a failed checkpoint
-    write): `error: <message>` on stderr without the Python traceback, status 2 (set
-    T5X_EXT_TRACEBACK=1 to see the traceback);
-  - any other exception: its traceback, status 1; Ctrl-C: 130.
+  - a user error (`t5x_ext.errors.UserError`: a bad setting, path, data; a held MODEL_DIR
+    lock; a failed checkpoint write): `error: <message>` on stderr without the Python
+    traceback, status 2 (set T5X_EXT_TRACEBACK=1 to see the traceback);
+  - a diverged run (`t5x_ext.errors.DivergedError`: NaN/Inf loss or state): `error: ...`
+    naming the step, status `DIVERGED_EXIT` (3);
+  - any other exception, a plain `ValueError` included: its traceback, status 1 (a bug);
+    Ctrl-C: 130.
 
   Args:
     main_fn: the entry point's `main(argv)`.
@@ -445,12 +484,11 @@ def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and
   except KeyboardInterrupt:
     status = 130
   except user_error_types() as e:
-    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
-      traceback.print_exc()
-    else:
-      print(f"error: {e}", file=sys.stderr)
-      print(f"(set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
+    _report(e)
     status = USER_ERROR_EXIT
+  except errors.DivergedError as e:
+    _report(e)
+    status = DIVERGED_EXIT
   except BaseException:  # noqa: BLE001 - a bug: show it, then still exit promptly
     traceback.print_exc()
     status = 1

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 import gin
+from t5x_ext.errors import UserError
 
 _MACRO_SELECTOR = "gin.macro"
 # `NAME = value` with no dot or slash in NAME binds a macro (a configurable's parameter
@@ -90,7 +91,7 @@ def check_flag_macros(bindings: Sequence[str], declared: set[str]) -> None:
       continue
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
-    raise ValueError(
+    raise UserError(
       f"--gin.{name}: no gin file declares the macro {name} and no setting reads it, so it "
       f"would be ignored.{hint}"
     )

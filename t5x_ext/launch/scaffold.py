@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from t5x_ext.errors import UserError
+
 # ------------------------------------------------------------------------------- main
 
 
@@ -88,7 +90,7 @@ def _pick(entry_points: Sequence[EntryPoint]) -> tuple[EntryPoint, Callable[...,
   names = " nor ".join(ep.name or f"{ep.fn.__module__}.{ep.fn.__name__}" for ep in entry_points)
   which = "neither" if len(entry_points) > 1 else "not"
   includes = " or ".join(ep.include for ep in entry_points)
-  raise ValueError(f"The gin files configure {which} {names}; include {includes}.")
+  raise UserError(f"The gin files configure {which} {names}; include {includes}.")
 
 
 def run(

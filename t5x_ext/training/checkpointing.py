@@ -51,6 +51,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from t5x_ext.errors import DivergedError
 from t5x_ext.training import run_paths
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ DATA_ITEM = "data"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
-class NonFiniteStateError(FloatingPointError):
+class NonFiniteStateError(DivergedError):
   """Raised instead of writing a checkpoint of a state with NaN or Inf in it."""
 
 

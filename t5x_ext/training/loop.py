@@ -98,7 +98,12 @@ class Prefetcher(Iterator[tuple[dict, Any]]):
     return item
 
   def close(self) -> None:
-    """Stops the thread (the underlying iterator is left where the thread stopped)."""
+    """Stops the thread, then closes the underlying iterator if it has a `close()`.
+
+    Closing tears down the input pipeline (tf.data's worker threads) now, while the process
+    runs, so nothing is left for the interpreter's exit to wait on (a library caller's
+    process would otherwise hang at exit after an input error).
+    """
     self._stop.set()
     while True:
       try:
@@ -106,6 +111,9 @@ class Prefetcher(Iterator[tuple[dict, Any]]):
       except queue.Empty:
         break
     self._thread.join(timeout=10)
+    close = getattr(self._it, "close", None)
+    if callable(close):
+      close()
 
 
 def _check_finite(host_metrics: Sequence[Mapping[str, Any]], first_step: int) -> None:

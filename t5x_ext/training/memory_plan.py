@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_ext.errors import UserError
 from t5x_ext.training import partitioning
 
 GiB = 2**30
@@ -528,7 +529,7 @@ def device_memory_limit(device: Any = None) -> int | None:
   return int(limit) if limit else None
 
 
-class PlanTooLargeError(ValueError):
+class PlanTooLargeError(UserError):
   """The train step needs more memory per device than the device has."""
 
 
