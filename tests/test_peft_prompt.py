@@ -3,6 +3,11 @@ prompt-only checkpoints, exact resume, decoding and scoring with the prompt."""
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -292,3 +297,25 @@ def test_decoder_only_trains_predicts_and_scores_with_the_prompt():
   scores = np.asarray(trainer.score(state.params, batch))
   want = -_token_loss(model, params, batch, prompt=prompt, prompt_offset=trainer.prompt_offset)
   np.testing.assert_allclose(scores, want.sum(-1), rtol=1e-5)
+
+
+def test_eight_simulated_devices():
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-x",
+      "-p",
+      "no:cacheprovider",
+      "tests/test_peft_prompt_eight_devices.py",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    cwd=pathlib.Path(__file__).parent.parent,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+  assert " passed" in proc.stdout and "skipped" not in proc.stdout
