@@ -66,10 +66,12 @@ ALLOWED = {
   },
   "package": {"package"},
   "errors": {"errors"},
+  "modes": {"modes"},
 }
 # Floors every floor may import: t5x_ext.errors imports nothing and holds the error classes
-# that settings and input checks everywhere raise.
-EVERYWHERE = {"errors"}
+# that settings and input checks everywhere raise; t5x_ext.modes imports nothing and holds
+# the mode prefixes ("[NLU]", ...).
+EVERYWHERE = {"errors", "modes"}
 
 
 def floor(module: str) -> str:

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from t5x_ext.modes import MODE_NLG, MODE_NLU, MODE_S2S
+
 # Mode badge colours (text on white): matplotlib's tab10 blue/green/red, so the loss plots
 # in the notebooks can use the same colour per mode.
-MODE_COLOURS = {"[NLU]": "#1f77b4", "[NLG]": "#2ca02c", "[S2S]": "#d62728", "": "#7f7f7f"}
+MODE_COLOURS = {MODE_NLU: "#1f77b4", MODE_NLG: "#2ca02c", MODE_S2S: "#d62728", "": "#7f7f7f"}
 # Light backgrounds for sentinel k (cycled): readable under black text.
 SPAN_COLOURS = (
   "#ffd8a8",
@@ -277,10 +279,9 @@ def task_examples(
 
   import tasks  # noqa: F401 - registers the project's tasks
   from t5x_ext import objectives
-  from t5x_ext.data.providers import denoisers_of
 
   task = seqio.get_mixture_or_task(task_name)
-  denoisers = denoisers_of(task) if isinstance(task, seqio.Task) else None
+  denoisers = objectives.denoisers_of(task) if isinstance(task, seqio.Task) else None
   if not denoisers:
     raise ValueError(
       f"task_name = {task_name!r} has no Mixture-of-Denoisers preprocessor; use "

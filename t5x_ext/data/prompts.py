@@ -24,7 +24,10 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("[NLU]", "[NLG]", "[S2S]")
+from t5x_ext.errors import UserError
+from t5x_ext.modes import UL2_MODES
+
+MODES = UL2_MODES
 ENCODER_DECODER = "EncDecFeatureConverter"
 
 
@@ -58,9 +61,9 @@ def read_prompts(path: str, *, key: str = "inputs") -> list[str]:
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
-      raise ValueError(f"PROMPTS_FILE {path}:{n}: not JSON ({e.msg}).") from None
+      raise UserError(f"PROMPTS_FILE {path}:{n}: not JSON ({e.msg}).") from None
     if not isinstance(obj, dict) or key not in obj:
-      raise ValueError(f"PROMPTS_FILE {path}:{n}: no field PROMPT_KEY = {key!r}.")
+      raise UserError(f"PROMPTS_FILE {path}:{n}: no field PROMPT_KEY = {key!r}.")
     prompts.append(str(obj[key]))
   return prompts
 
@@ -95,7 +98,7 @@ def encode_prompts(
   from t5x_ext import objectives
 
   if mode and mode not in MODES:
-    raise ValueError(f"MODE_PREFIX = {mode!r}: must be one of {MODES} or None.")
+    raise UserError(f"MODE_PREFIX = {mode!r}: must be one of {MODES} or None.")
   prefix: list[int] = []
   if mode:
     (prefix,) = objectives.mode_prefix_tokens(
@@ -104,12 +107,12 @@ def encode_prompts(
   out = []
   for i, text in enumerate(prompts):
     if not isinstance(text, str):
-      raise ValueError(f"PROMPTS[{i}] = {text!r}: prompts must be strings.")
+      raise UserError(f"PROMPTS[{i}] = {text!r}: prompts must be strings.")
     ids = list(prefix) + [int(t) for t in vocabulary.encode(text)]
     if append_eos:
       ids.append(int(vocabulary.eos_id))
     if len(ids) > max_length:
-      raise ValueError(
+      raise UserError(
         f"Prompt {i} is {len(ids)} tokens (mode prefix and EOS included), longer than "
         f"TASK_FEATURE_LENGTHS['inputs'] = {max_length}: {text[:60]!r}..."
       )

@@ -10,6 +10,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from t5x_ext.errors import UserError
+from t5x_ext.modes import UL2_MODES
+
 
 def get_provider(mixture_or_task_name: str):
   """Returns the SeqIO task or mixture, registering this project's tasks first.
@@ -28,13 +31,13 @@ def get_provider(mixture_or_task_name: str):
   import tasks  # noqa: F401 - registers the project's tasks
 
   if not isinstance(mixture_or_task_name, str):
-    raise ValueError(f"MIXTURE_OR_TASK_NAME = {mixture_or_task_name!r}: must be a string.")
+    raise UserError(f"MIXTURE_OR_TASK_NAME = {mixture_or_task_name!r}: must be a string.")
   try:
     return seqio.get_mixture_or_task(mixture_or_task_name)
   except ValueError:
     known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
     close = [n for n in known if mixture_or_task_name.split("_")[0] in n][:8]
-    raise ValueError(
+    raise UserError(
       f"MIXTURE_OR_TASK_NAME = {mixture_or_task_name!r} is not a registered SeqIO task or "
       f"mixture (similar: {close or known[:8]})."
     ) from None
@@ -91,21 +94,21 @@ def check_task(
   from t5x_ext import objectives
 
   if not isinstance(task_feature_lengths, Mapping) or not task_feature_lengths:
-    raise ValueError(
+    raise UserError(
       f"TASK_FEATURE_LENGTHS = {task_feature_lengths!r}: must be a dict like "
       "{'inputs': 512, 'targets': 114}."
     )
   for key, value in task_feature_lengths.items():
     if key not in ("inputs", "targets"):
-      raise ValueError(
+      raise UserError(
         f"TASK_FEATURE_LENGTHS has unknown feature {key!r} (value {value!r}); "
         "use 'inputs' and 'targets'."
       )
     if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-      raise ValueError(f"TASK_FEATURE_LENGTHS[{key!r}] = {value!r}: must be a positive int.")
+      raise UserError(f"TASK_FEATURE_LENGTHS[{key!r}] = {value!r}: must be a positive int.")
   vocab = vocabulary_of(provider)
   if model_vocab_size is not None and vocab.vocab_size > model_vocab_size:
-    raise ValueError(
+    raise UserError(
       f"VOCAB_SIZE = {model_vocab_size} is smaller than the vocabulary of "
       f"{provider.name!r} ({vocab.vocab_size} ids)."
     )
@@ -123,7 +126,7 @@ def check_task(
         mode_token_ids=kw.get("mode_token_ids"),
       )
     except ValueError as e:
-      raise ValueError(
+      raise UserError(
         f"TASK_FEATURE_LENGTHS = {dict(task_feature_lengths)} does not fit task {task.name!r}: {e}"
       ) from e
 
@@ -133,7 +136,7 @@ def sample_examples(
   task_feature_lengths: Mapping[str, int],
   *,
   feature_converter_name: str,
-  modes: Sequence[str] = ("[NLU]", "[NLG]", "[S2S]"),
+  modes: Sequence[str] = UL2_MODES,
   per_mode: int = 1,
   split: str = "validation",
   scan: int = 256,

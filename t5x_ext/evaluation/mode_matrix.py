@@ -23,9 +23,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from t5x_ext.modes import FAMILY_MODES, UL2_MODES
+
 FAMILIES = ("R", "X", "S")
-FAMILY_MODES = {"R": "[NLU]", "X": "[NLG]", "S": "[S2S]"}
-COLUMNS = ("[NLU]", "[NLG]", "[S2S]", "none")
+COLUMNS = (*UL2_MODES, "none")
 
 
 def column_mode(column: str) -> str:

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from t5x_ext.modes import MODE_NLU, MODE_S2S
 from t5x_ext.training import partitioning
 
 CLASSIFICATION_LENGTHS = {"inputs": 192, "targets": 8}
@@ -48,10 +49,10 @@ def probe_tasks(prefix: str = "matching", corpus: str = "pydocs") -> dict[str, s
   voc = voc if tag else None
   return {
     "classification": eval_tasks.register_topic_classification(
-      mode="[NLU]" if matching else "", vocabulary=voc, tag=tag
+      mode=MODE_NLU if matching else "", vocabulary=voc, tag=tag
     ),
     "generation": eval_tasks.register_first_sentence(
-      mode="[S2S]" if matching else "", vocabulary=voc, tag=tag
+      mode=MODE_S2S if matching else "", vocabulary=voc, tag=tag
     ),
   }
 

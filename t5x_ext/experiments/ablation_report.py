@@ -19,6 +19,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from t5x_ext.modes import FAMILY_MODES, UL2_MODES
 from t5x_ext.training import run_paths
 
 # (result key, column label, lower is better). `own` is the run's own prefix column: "[NLU]"
@@ -33,8 +34,8 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
   ("probe/generation/rougeL", "probe gen ROUGE-L", False),
 )
 FAMILIES = ("R", "X", "S")
-PREFIX_COLUMNS = ("[NLU]", "[NLG]", "[S2S]", "none")
-FAMILY_PREFIX = {"R": "[NLU]", "X": "[NLG]", "S": "[S2S]"}
+PREFIX_COLUMNS = (*UL2_MODES, "none")
+FAMILY_PREFIX = FAMILY_MODES
 
 
 def _with_own_prefix(run: Mapping[str, Any]) -> dict[str, float]:

@@ -67,6 +67,7 @@ from tqdm import tqdm
 
 from t5x_ext.lm_eval import layout as layout_lib
 from t5x_ext.model import losses
+from t5x_ext.modes import UL2_MODES
 from t5x_ext.training import checkpointing, hosts, partitioning
 
 MODEL_NAME = "t5x_ext"
@@ -327,7 +328,7 @@ class T5xExtLM(LM):
     unknown = set(kwargs) - {"device", "max_batch_size"}
     if unknown:
       raise TypeError(f"t5x_ext: unknown model arguments {sorted(unknown)}")
-    if mode_prefix not in NO_MODE and mode_prefix not in ("[NLU]", "[NLG]", "[S2S]"):
+    if mode_prefix not in NO_MODE and mode_prefix not in UL2_MODES:
       raise ValueError(f"mode_prefix={mode_prefix!r}: expected [NLU], [NLG], [S2S] or none")
     if model is None:
       model = model_from_gin(_gin_files(gin_file, checkpoint), _as_list(gin_bindings))

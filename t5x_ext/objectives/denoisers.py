@@ -28,16 +28,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-KINDS = ("span", "prefix_lm", "causal_lm", "bart")
+# Mode-switch prefixes of [UL2] Sec. 3.1.3, re-exported from the TF-free `t5x_ext.modes`.
+from t5x_ext.modes import MODE_CLM, MODE_NLG, MODE_NLU, MODE_S2S, MODES  # noqa: F401
 
-# Mode-switch prefixes of [UL2] Sec. 3.1.3 ("paradigm tokens"). The empty string means no
-# prefix (plain T5 span corruption, plain LM baselines).
-MODE_NLU = "[NLU]"
-MODE_NLG = "[NLG]"
-MODE_S2S = "[S2S]"
-# [CodeT5+] Sec. 3.1: the encoder input of its decoder-only causal LM (`codet5p.py`).
-MODE_CLM = "[CLM]"
-MODES = ("", MODE_NLU, MODE_NLG, MODE_S2S, MODE_CLM)
+KINDS = ("span", "prefix_lm", "causal_lm", "bart")
 
 # How the S-denoiser draws its split point.
 #   "paper":   target fraction f ~ Uniform(0, 2 * noise_density), so targets are
