@@ -12,6 +12,15 @@ order (each restart is the plain command line, which must resume by itself):
   corrupt_latest    the newest checkpoint loses its array data on disk before a restart
   enospc            the disk is full when a checkpoint is committed: must stop at once with
                     exit 2 and one message, leave no partial checkpoint
+  sigterm_plan      SIGTERM while XLA compiles the train step for the memory plan
+  sigterm_compile   SIGTERM while XLA compiles the first train step (no memory plan)
+  sigterm_restore   SIGTERM while the newest checkpoint is being restored
+  sigterm_eval      SIGTERM during a periodic evaluation, with steps since the last save
+  sigterm_save      SIGTERM as a checkpoint save starts
+Each must exit with 143 within 5 s of the signal (`seconds_to_exit`; the worst of all
+SIGTERM cases is `sigterm_worst_seconds`), with a checkpoint of the new steps when there are
+some and none otherwise (`checkpoint_right`: the newest complete checkpoint is the one
+expected; `resumed_right`: the next process resumed from it).
 and finally trains to the end. Prints JSON: faults survived, steps recomputed, seconds from
 SIGTERM to exit, and the largest difference between any per-step loss seen (before and after
 each fault) and the reference run's loss at that step (goal 0.0).
@@ -47,12 +56,20 @@ from t5x_ext.training import run_paths  # epath, with gcsfs configured for gs://
 
 HERE = pathlib.Path(__file__).resolve().parent
 CHILD = HERE / "_fault_child.py"
-FAULTS = ("kill9", "kill_during_save", "sigterm", "corrupt_latest", "enospc")
+SIGTERM_AT = {  # fault -> phase of _fault_child's sigterm_at
+  "sigterm_plan": "plan",
+  "sigterm_compile": "compile",
+  "sigterm_restore": "restore",
+  "sigterm_eval": "eval",
+  "sigterm_save": "save",
+}
+FAULTS = ("kill9", "kill_during_save", "sigterm", "corrupt_latest", "enospc", *SIGTERM_AT)
+SIGTERM_BUDGET_S = 5.0
 OBJECT_STORE_FAULTS = ("kill9", "kill_during_save", "sigterm")
 STOPPED_EXIT, USER_ERROR_EXIT = 143, 2  # t5x_ext.launch.flags.STOPPED_EXIT / USER_ERROR_EXIT
 
 
-def _flags(args, model_dir: pathlib.Path, steps: int) -> list[str]:
+def _flags(args, model_dir: pathlib.Path, steps: int, extra=()) -> list[str]:
   flags = [
     "--gin_file=local/ul2_tiny.gin",
     f"--gin.MODEL_DIR='{model_dir}'",
@@ -70,7 +87,7 @@ def _flags(args, model_dir: pathlib.Path, steps: int) -> list[str]:
       "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
       "--gin.BATCH_SIZE=2",
     ]
-  return flags
+  return flags + list(extra)
 
 
 class Run:
@@ -79,16 +96,19 @@ class Run:
   # Where the logs go when MODEL_DIR is in a bucket (set by main); else next to MODEL_DIR.
   log_dir: pathlib.Path | None = None
 
-  def __init__(self, args, model_dir, steps: int, fault_env: str | None = None):
+  def __init__(self, args, model_dir, steps: int, fault_env: str | None = None, extra=()):
     env = {k: v for k, v in os.environ.items() if k != "T5X_EXT_TRACEBACK"}
     if fault_env:
       env["T5X_EXT_FAULT"] = fault_env
+    log_dir = Run.log_dir or model_dir.parent
+    self.mark = log_dir / f"{model_dir.name}.{time.monotonic_ns()}.mark"
+    env["T5X_EXT_FAULT_MARK"] = str(self.mark)
     self.model_dir = model_dir
     log_dir = Run.log_dir or model_dir.parent
     self.log = log_dir / f"{model_dir.name}.{time.monotonic_ns()}.log"
     self._out = open(self.log, "w")  # noqa: SIM115 - closed in wait()
     self.proc = subprocess.Popen(
-      [sys.executable, str(CHILD), *_flags(args, model_dir, steps)],
+      [sys.executable, str(CHILD), *_flags(args, model_dir, steps, extra)],
       stdout=self._out,
       stderr=subprocess.STDOUT,
       env=env,
@@ -97,7 +117,9 @@ class Run:
 
   def wait(self, timeout: float) -> int:
     try:
-      return self.proc.wait(timeout=timeout)
+      code = self.proc.wait(timeout=timeout)
+      self.exit_time = time.time()
+      return code
     finally:
       if self.proc.poll() is None:
         self.proc.kill()
@@ -171,6 +193,46 @@ def _next_checkpoint(done: int, every: int) -> int:
 def _between_checkpoints(rng, low: int, every: int, steps: int) -> int:
   candidates = [s for s in range(low + 1, steps) if s % every]
   return rng.choice(candidates[: 2 * every] or [low + 1])
+
+
+def _sigterm_at(args, run_dir, fault: str, done: int, every: int) -> dict:
+  """One SIGTERM case: the child signals itself while the phase runs (`_fault_child`)."""
+  phase = SIGTERM_AT[fault]
+  extra, step = [], None
+  if phase == "restore" and not checkpoint_steps(run_dir):  # needs one to restore
+    Run(args, run_dir, min(every, args.steps - 1)).wait(args.timeout)
+    done = max(checkpoint_steps(run_dir), default=0)
+  if phase == "compile":
+    extra.append("--gin.train_script.train.plan_memory=False")
+  if phase == "eval":  # the evaluation of the next checkpoint step: steps since the last save
+    step = _next_checkpoint(done, every)
+    extra += [f"--gin.EVAL_PERIOD={every}", "--gin.EVAL_BATCHES=2"]
+  if phase == "save":
+    step = _next_checkpoint(done, every)
+  before = max(checkpoint_steps(run_dir), default=None)
+  env = f"sigterm_at:{phase}" + (f":{step}" if step is not None else "")
+  run = Run(args, run_dir, args.steps, fault_env=env, extra=extra)
+  code = run.wait(args.timeout)
+  after = max(checkpoint_steps(run_dir), default=None)
+  mark = json.loads(run.mark.read_text()) if run.mark.exists() else {}
+  # What the newest complete checkpoint must be: the evaluated or saved step when steps were
+  # trained since the last save, else the one before (nothing written).
+  expected = step if phase in ("eval", "save") else before
+  record = {
+    "exit_code": code,
+    "signalled_in_phase": mark.get("in_phase"),
+    "seconds_to_exit": round(run.exit_time - mark["time"], 2) if mark else None,
+    "checkpoint_before": before,
+    "checkpoint_after": after,
+    "checkpoint_expected": expected,
+    "checkpoint_right": after == expected,
+    "restored_step": resumed_step(run.text()),
+    "at_step": max(logged_losses(run_dir), default=0),
+  }
+  if phase == "save":  # the save of that step either finished or was left incomplete
+    record["checkpoint_right"] = after in (step, before) or (after or 0) > step
+  record["within_budget"] = (record["seconds_to_exit"] or 1e9) <= SIGTERM_BUDGET_S
+  return record
 
 
 def main() -> None:
@@ -253,6 +315,8 @@ def _run(args, faults, stack) -> None:
         restored_step=resumed_step(run.text()),
         quarantined=(run_dir / "checkpoints.corrupt" / str(latest)).is_dir(),
       )
+    elif fault in SIGTERM_AT:
+      record.update(_sigterm_at(args, run_dir, fault, done, every))
     elif fault in ("kill9", "sigterm"):
       target = _between_checkpoints(rng, done, every, args.steps)
       run = Run(args, run_dir, args.steps)
@@ -297,6 +361,7 @@ def _run(args, faults, stack) -> None:
     "sigterm": STOPPED_EXIT,
     "enospc": USER_ERROR_EXIT,
     "corrupt_latest": -9,
+    **dict.fromkeys(SIGTERM_AT, STOPPED_EXIT),
   }
   survived = sum(
     1
@@ -304,6 +369,8 @@ def _run(args, faults, stack) -> None:
     if "skipped" not in r
     and r.get("exit_code", -9) == expected_codes[r["fault"]]
     and r.get("checkpointed", True)
+    and r.get("checkpoint_right", True)
+    and r.get("within_budget", True)
     and r.get("one_message", True)
     and not r.get("partial_left", False)
     and (r["fault"] != "corrupt_latest" or r["quarantined"])
@@ -317,7 +384,18 @@ def _run(args, faults, stack) -> None:
     later = [x for x in records[i + 1 :] if "restored_step" in x]
     resumed = later[0]["restored_step"] if later else resumed_step(final.text())
     recomputed += max(0, r["at_step"] - resumed)
-  sigterm = [r["seconds_to_exit"] for r in records if "seconds_to_exit" in r]
+  sigterm = [r["seconds_to_exit"] for r in records if r.get("seconds_to_exit") is not None]
+  # Did each process resume from the newest complete checkpoint the fault before it left?
+  for i, r in enumerate(records):
+    if "checkpoint_after" in r and r["checkpoint_after"] is not None:
+      later = [x for x in records[i + 1 :] if "restored_step" in x]
+      resumed = later[0]["restored_step"] if later else resumed_step(final.text())
+      r["resumed_right"] = resumed == r["checkpoint_after"]
+  worst = max(
+    (r for r in records if r.get("seconds_to_exit") is not None),
+    key=lambda r: r["seconds_to_exit"],
+    default=None,
+  )
   print(
     json.dumps(
       {
@@ -333,6 +411,9 @@ def _run(args, faults, stack) -> None:
         "final_steps_logged": len(final_losses),
         "steps_recomputed": recomputed,
         "sigterm_seconds_to_exit": max(sigterm) if sigterm else None,
+        "sigterm_worst_case": worst["fault"] if worst else None,
+        "sigterm_budget_s": SIGTERM_BUDGET_S,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "max_loss_diff": max(diffs) if diffs else None,
         "losses_compared": len(diffs),
         "wall_s": round(time.monotonic() - start, 1),

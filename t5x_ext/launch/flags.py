@@ -475,6 +475,10 @@ def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and
   try:
     status = exit_status(main_fn(argv))
   except SystemExit as e:  # argparse's usage errors and explicit exits
+  from t5x_ext.training import preemption  # light: no JAX
+
+  if exit_fn is _flush_and_exit:  # a real process (tests pass a recorder): SIGTERM exits it
+    preemption.install(exit_fn)  # before anything compiles; see preemption.py
     if isinstance(e.code, int):
       status = e.code
     else:
@@ -487,6 +491,8 @@ def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and
     _report(e)
     status = USER_ERROR_EXIT
   except errors.DivergedError as e:
+  except preemption.Preempted:  # SIGTERM with nothing new to checkpoint: left cleanly
+    status = STOPPED_EXIT
     _report(e)
     status = DIVERGED_EXIT
   except BaseException:  # noqa: BLE001 - a bug: show it, then still exit promptly

@@ -52,7 +52,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from t5x_ext.errors import DivergedError
-from t5x_ext.training import run_paths
+from t5x_ext.training import preemption, run_paths
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,38 @@ def check_finite(tree: Any) -> bool:
   if not leaves:
     return True
   return bool(_all_finite(leaves))
+
+
+def warm_up_check_finite(abstract_tree: Any) -> threading.Thread:
+  """Compiles `check_finite`'s reduction for `abstract_tree` in a background thread.
+
+  A SIGTERM save is often the process's first save; compiling this reduction then takes
+  seconds on a loaded host, out of a preemption's few seconds. Compiling it ahead of time
+  fills jit's cache, so that save starts writing at once.
+
+  Args:
+    abstract_tree: the state's structure (`jax.ShapeDtypeStruct`s with `.sharding`, or
+      arrays); only shapes, dtypes and shardings are used.
+
+  Returns:
+    The (daemon) thread.
+  """
+  leaves = [
+    jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+    for x in jax.tree.leaves(abstract_tree)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+
+  def compile_it():
+    try:
+      if leaves:
+        _all_finite.lower(leaves).compile()
+    except Exception:  # noqa: BLE001 - only a warm-up: the save compiles it otherwise
+      logger.debug("check_finite warm-up failed", exc_info=True)
+
+  thread = threading.Thread(target=compile_it, name="t5x_ext-warm-check-finite", daemon=True)
+  thread.start()
+  return thread
 
 
 @jax.jit
@@ -189,8 +221,10 @@ class Checkpointer:
     keep_period: also keep every checkpoint whose step is a multiple of this (None = off).
     async_save: write in a background thread; the train step continues after the device to
       host copy.
-    handle_sigterm: act on SIGTERM (save, then `stop_requested`). One process: a Python
-      handler (main thread only). Several processes under `jax.distributed`: JAX's
+    handle_sigterm: act on SIGTERM (save, then `stop_requested`). One process: the
+      command's process-wide handler when `preemption.install` ran (it sets this flag and
+      exits promptly when there is nothing to save), else a Python handler (main thread
+      only). Several processes under `jax.distributed`: JAX's
       preemption service, which picks the same step on every process.
   """
 
@@ -231,8 +265,13 @@ class Checkpointer:
     # Several processes under jax.distributed: JAX's preemption service already catches
     # SIGTERM and agrees on a step without a device sync; a Python handler would replace it.
     self._jax_preemption = _jax_preemption_service()
+    self._registered = False
     if handle_sigterm and not self._jax_preemption:
-      self._install_sigterm_handler()
+      if preemption.installed():  # a command: its process-wide handler sets our flag
+        preemption.register_stop_event(self._stop)
+        self._registered = True
+      else:
+        self._install_sigterm_handler()
 
   # ----------------------------------------------------------------------------- queries
 
@@ -332,9 +371,7 @@ class Checkpointer:
       f"{' (partial ' + ', '.join(removed) + ' removed)' if removed else ''}. Training stopped."
     ) from error
 
-  def save(
-    self, step: int, state: Any, data_state: Mapping[str, Any] | None = None
-  ) -> bool:
+  def save(self, step: int, state: Any, data_state: Mapping[str, Any] | None = None) -> bool:
     """Writes a checkpoint of `state` at `step` (asynchronously unless a stop was requested).
 
     After a stop request (SIGTERM) it waits until the checkpoint is committed and sets
@@ -419,6 +456,9 @@ class Checkpointer:
     else:
       self._manager.close()
     finally:
+      if self._registered:
+        preemption.unregister_stop_event(self._stop)
+        self._registered = False
       main = threading.current_thread() is threading.main_thread()
       if self._previous_handler is not None and main:
         signal.signal(signal.SIGTERM, self._previous_handler)

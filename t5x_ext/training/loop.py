@@ -26,6 +26,7 @@ from typing import Any
 import jax
 
 from t5x_ext.training import metric_writers as metrics_lib
+from t5x_ext.training import preemption
 from t5x_ext.training.trainer import NonFiniteLossError, Trainer, TrainState
 
 _END = object()
@@ -127,6 +128,14 @@ def _check_finite(host_metrics: Sequence[Mapping[str, Any]], first_step: int) ->
       )
 
 
+def _emergency_save(checkpointer, step, state, position) -> Callable[[], None] | None:
+  # What the SIGTERM watchdog writes if an evaluation is stuck in C++ (XLA compiling): the
+  # params are only read while evaluating, so saving them from another thread is safe.
+  if checkpointer is None:
+    return None
+  return lambda: checkpointer.save(step, state, position)
+
+
 def train_loop(
   trainer: Trainer,
   state: TrainState,
@@ -202,6 +211,7 @@ def train_loop(
       break
     state, step_metrics = trainer.train_step(state, batch)
     step += 1
+    preemption.set_unsaved(True)
     pending.append(step_metrics)
     is_last = step == train_steps
     should_log = step % log_every == 0 or is_last
@@ -229,15 +239,25 @@ def train_loop(
       wait_at_reset = getattr(batches, "wait_seconds", 0.0)
     if progress is not None:
       progress.update(step, scalars if should_log else None)
+    saved_position = position_fn(position) if position_fn else position
     if eval_due:
       eval_start = time.perf_counter()
-      evaluator.evaluate(step, state.params)
+      try:
+        # SIGTERM raises `Preempted` here: the evaluation stops, the step is saved below.
+        with preemption.evaluating(_emergency_save(checkpointer, step, state, saved_position)):
+          evaluator.evaluate(step, state.params)
+      except preemption.Preempted:
+        if checkpointer is None:
+          raise
+        logging.warning("SIGTERM during the evaluation of step %d: stopped it.", step)
+        save_due = True
       # Throughput is of training: the next interval's clock skips the evaluation.
       acc.start_time += time.perf_counter() - eval_start
     if save_due:
-      saved_position = position_fn(position) if position_fn else position
-      checkpointer.save(step, state, saved_position)
+      with preemption.saving():
+        checkpointer.save(step, state, saved_position)
       if checkpointer.stop_requested:
+        preemption.set_unsaved(False)  # the stop save waited for its commit
         logging.warning("Stopping at step %d after the preemption checkpoint.", step)
         break
   if pending:  # stopped early: still refuse to hand back a diverged state silently
