@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from t5x_ext.errors import UserError
 from t5x_ext.launch import scaffold as entry
 from t5x_ext.training import checkpointing, hosts, partitioning, run_paths, run_setup
 
@@ -109,9 +110,9 @@ def infer(
   from t5x_ext.data import providers as run_data
 
   if method not in DECODE_METHODS:
-    raise ValueError(f"method = {method!r}: must be one of {DECODE_METHODS}.")
+    raise UserError(f"method = {method!r}: must be one of {DECODE_METHODS}.")
   if prompts is not None and prompts_file is not None:
-    raise ValueError("Set PROMPTS or PROMPTS_FILE, not both.")
+    raise UserError("Set PROMPTS or PROMPTS_FILE, not both.")
   if isinstance(prompts, str):
     prompts = [prompts]
   use_prompts = prompts is not None or prompts_file is not None
@@ -288,9 +289,9 @@ def _prompt_batches(
     prompts = prompts_lib.read_prompts(prompts_file, key=prompt_key)
   prompts = list(prompts)[:max_examples] if max_examples else list(prompts)
   if not prompts:
-    raise ValueError("PROMPTS / PROMPTS_FILE holds no prompt.")
+    raise UserError("PROMPTS / PROMPTS_FILE holds no prompt.")
   if "inputs" not in lengths or "targets" not in lengths:
-    raise ValueError(
+    raise UserError(
       f"TASK_FEATURE_LENGTHS = {lengths}: prompts need 'inputs' (prompt) and 'targets' lengths."
     )
   ids = prompts_lib.encode_prompts(prompts, vocab, mode=mode_prefix, max_length=lengths["inputs"])

@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import optax
 
+from t5x_ext.errors import UserError
 from t5x_ext.evaluation import periodic as periodic_eval
 from t5x_ext.launch import scaffold as entry
 from t5x_ext.training import fit as fit_lib
@@ -301,13 +302,13 @@ def _check_model_dir(model_dir: str) -> None:
     epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
     return
   if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-    raise ValueError(f"MODEL_DIR = {model_dir!r} exists and is not a directory.")
+    raise UserError(f"MODEL_DIR = {model_dir!r} exists and is not a directory.")
   try:
     os.makedirs(model_dir, exist_ok=True)
   except OSError as e:
-    raise ValueError(f"MODEL_DIR = {model_dir!r} cannot be created: {e.strerror}.") from e
+    raise UserError(f"MODEL_DIR = {model_dir!r} cannot be created: {e.strerror}.") from e
   if not os.access(model_dir, os.W_OK | os.X_OK):
-    raise ValueError(f"MODEL_DIR = {model_dir!r} is not writable.")
+    raise UserError(f"MODEL_DIR = {model_dir!r} is not writable.")
 
 
 def main(argv=None) -> TrainResult:

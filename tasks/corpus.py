@@ -27,6 +27,8 @@ import zlib
 
 import seqio
 
+from t5x_ext.errors import UserError
+
 # Parts of the standard library that are tests, demos or GUI code rather than prose.
 # The codec modules in `encodings` are ~100 near-identical generated files.
 _SKIP_TOP = frozenset(
@@ -183,7 +185,7 @@ def split_documents(split: str) -> list[dict]:
     ValueError: for an unknown split.
   """
   if split not in SPLITS:
-    raise ValueError(f"split={split!r} is not one of {SPLITS} for the embedded pydocs corpus")
+    raise UserError(f"split={split!r} is not one of {SPLITS} for the embedded pydocs corpus")
   return [d for d in documents() if d["split"] == split]
 
 

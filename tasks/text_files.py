@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from t5x_ext.errors import UserError
 from tasks import pretraining, vocab
 
 FORMATS = ("text", "jsonl")
@@ -118,9 +119,9 @@ def _check_not_empty(splits: Mapping[str, Sequence[str]]) -> None:
       continue  # remote files are read when the data is
     files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
     if not files:
-      raise ValueError(f"file patterns of split {split!r} {list(patterns)} match no file.")
+      raise UserError(f"file patterns of split {split!r} {list(patterns)} match no file.")
     if not any(_has_a_line(f) for f in files):
-      raise ValueError(
+      raise UserError(
         f"split {split!r} is empty: its files {list(patterns)} ({len(files)} matched) hold no "
         "non-blank line."
       )
@@ -172,14 +173,14 @@ def register_text_files(
       nothing or hold no non-blank line (naming the split and its patterns).
   """
   if format not in FORMATS:
-    raise ValueError(f"format={format!r} is not one of {FORMATS}")
+    raise UserError(f"format={format!r} is not one of {FORMATS}")
   if isinstance(file_patterns, str):
     file_patterns = {"train": [file_patterns]}
   elif not isinstance(file_patterns, Mapping):
     file_patterns = {"train": list(file_patterns)}
   splits = {k: [v] if isinstance(v, str) else list(v) for k, v in file_patterns.items()}
   if not splits or not all(splits.values()):
-    raise ValueError(f"file_patterns={file_patterns!r} names no files")
+    raise UserError(f"file_patterns={file_patterns!r} names no files")
   if vocabulary is None:
     vocabulary = vocab.default_vocabulary()
   elif isinstance(vocabulary, str):
@@ -205,7 +206,7 @@ def _guess_format(splits: Mapping[str, Sequence[str]]) -> str:
   if all(p.endswith(_JSONL_SUFFIXES) for p in patterns):
     return "jsonl"
   if any(p.endswith(_JSONL_SUFFIXES) for p in patterns):
-    raise ValueError(
+    raise UserError(
       f"TEXT_FILES {patterns} mixes JSONL and other files: set TEXT_FORMAT to 'text' or 'jsonl'."
     )
   return "text"
@@ -254,7 +255,7 @@ def text_files_task(
     ValueError: an unknown objective or format, or no file patterns.
   """
   if objective not in pretraining.OBJECTIVES:
-    raise ValueError(
+    raise UserError(
       f"OBJECTIVE = {objective!r} is not one of {sorted(pretraining.OBJECTIVES)} "
       "(tasks.pretraining.OBJECTIVES)."
     )
@@ -269,7 +270,7 @@ def text_files_task(
       # Local files are checked now (a typo would otherwise surface as a tf.data error
       # after the model is built); remote ones (gs://...) when they are read.
       if "://" not in pattern and not tf.io.gfile.glob(pattern):
-        raise ValueError(f"TEXT_FILES[{split!r}] = {pattern!r} matches no file.")
+        raise UserError(f"TEXT_FILES[{split!r}] = {pattern!r} matches no file.")
   if format == "auto":
     format = _guess_format(splits)
   (name,) = register_text_files(

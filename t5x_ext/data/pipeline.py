@@ -68,7 +68,7 @@ def _get_provider(name: str):
     try:
       return seqio.get_mixture_or_task(name)
     except ValueError as e:
-      raise ValueError(
+      raise UserError(
         f"mixture_or_task_name={name!r} is not a registered SeqIO task or mixture"
       ) from e
 
@@ -77,7 +77,7 @@ def _check_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
   lengths = dict(task_feature_lengths)
   for k, v in lengths.items():
     if not isinstance(v, int | np.integer) or v <= 0:
-      raise ValueError(f"task_feature_lengths[{k!r}]={v!r} must be a positive integer")
+      raise UserError(f"task_feature_lengths[{k!r}]={v!r} must be a positive integer")
   return {k: int(v) for k, v in lengths.items()}
 
 
@@ -185,7 +185,7 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         for k in set(saved) | set(mine)
         if _normalize(saved.get(k)) != _normalize(mine.get(k))
       }
-      raise ValueError(f"data iterator state does not match this pipeline: {diff} (saved, now)")
+      raise UserError(f"data iterator state does not match this pipeline: {diff} (saved, now)")
     self.batches = int(state["batches"])
     self._it = None
 
@@ -272,7 +272,7 @@ def get_batches(
     ValueError: for an unknown task, converter, split-less arguments or bad lengths.
   """
   if batch_size <= 0:
-    raise ValueError(f"batch_size={batch_size} must be positive")
+    raise UserError(f"batch_size={batch_size} must be positive")
   lengths = _check_lengths(task_feature_lengths)
   provider = _get_provider(mixture_or_task_name)
   converter = feature_converters.get_feature_converter(feature_converter_name, pack=pack)

@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from t5x_ext.errors import UserError
 from t5x_ext.evaluation import seqio_metrics as seqio_metrics_lib
 from t5x_ext.evaluation.teacher_forced import teacher_forced_metrics
 from t5x_ext.training import hosts
@@ -70,17 +71,17 @@ def check_settings(
     ValueError: naming the setting and its value.
   """
   if eval_period is not None and (not _is_int(eval_period) or eval_period < 0):
-    raise ValueError(
+    raise UserError(
       f"EVAL_PERIOD = {eval_period!r}: must be a positive int (steps between evaluations), "
       "or 0/None to turn evaluation during training off."
     )
   if eval_batches is not None and (not _is_int(eval_batches) or eval_batches < 1):
-    raise ValueError(
+    raise UserError(
       f"EVAL_BATCHES = {eval_batches!r}: must be a positive int (validation batches per "
       "evaluation), or None for the whole validation split."
     )
   if predict_examples is not None and (not _is_int(predict_examples) or predict_examples < 0):
-    raise ValueError(
+    raise UserError(
       f"EVALUATOR_NUM_EXAMPLES = {predict_examples!r}: must be an int >= 0 (examples decoded "
       "for the task's SeqIO metrics; 0: none), or None for all."
     )
@@ -187,7 +188,7 @@ class PeriodicEvaluator:
       say: prints the one-line console summary.
     """
     if not _is_int(period) or period < 1:
-      raise ValueError(f"EVAL_PERIOD = {period!r}: must be a positive int.")
+      raise UserError(f"EVAL_PERIOD = {period!r}: must be a positive int.")
     self.trainer = trainer
     self.data = data
     self.period = int(period)

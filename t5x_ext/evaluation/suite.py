@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 
+from t5x_ext.errors import UserError
 from t5x_ext.evaluation import mode_matrix, report
 from t5x_ext.evaluation import probes as probes_lib
 from t5x_ext.evaluation import rank_classification as rank_lib
@@ -58,14 +59,14 @@ ZERO_SHOT_INPUTS = 256
 def _check(parts: Sequence[str], family_prefix: str, batch_size: int, max_eval_batches) -> None:
   unknown = [p for p in parts if p not in PARTS]
   if unknown:
-    raise ValueError(f"parts = {tuple(parts)!r}: unknown {unknown}; choose from {PARTS}.")
+    raise UserError(f"parts = {tuple(parts)!r}: unknown {unknown}; choose from {PARTS}.")
   mode_matrix.family_column("R", family_prefix)  # raises on a bad value
   if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size = {batch_size!r}: must be a positive int.")
+    raise UserError(f"batch_size = {batch_size!r}: must be a positive int.")
   if max_eval_batches is not None and (
     not isinstance(max_eval_batches, int) or max_eval_batches < 1
   ):
-    raise ValueError(f"max_eval_batches = {max_eval_batches!r}: must be a positive int or None.")
+    raise UserError(f"max_eval_batches = {max_eval_batches!r}: must be a positive int or None.")
 
 
 def _family_batches(
@@ -216,7 +217,7 @@ def run_suite(
   _check(parts, family_prefix, batch_size, max_eval_batches)
   checkpoint_path = checkpoint_path or model_dir
   if not checkpoint_path:
-    raise ValueError("run_suite: give checkpoint_path (or model_dir, CHECKPOINT_PATH / MODEL_DIR).")
+    raise UserError("run_suite: give checkpoint_path (or model_dir, CHECKPOINT_PATH / MODEL_DIR).")
   lengths = {k: int(v) for k, v in (task_feature_lengths or DEFAULT_LENGTHS).items()}
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.validate_batch_size(batch_size, mesh)

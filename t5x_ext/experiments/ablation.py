@@ -39,6 +39,7 @@ from typing import Any
 
 from etils import epath
 
+from t5x_ext.errors import UserError
 from t5x_ext.experiments import ablation_report, ablation_runs
 from t5x_ext.training import run_paths
 
@@ -125,7 +126,7 @@ def _suite_parts(requested: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(suite.PARTS)
   unknown = [p for p in requested if p not in suite.PARTS]
   if unknown:
-    raise ValueError(
+    raise UserError(
       f"EVAL_PARTS = {tuple(requested)!r}: unknown {unknown}; the suite has {tuple(suite.PARTS)}."
     )
   return tuple(requested)
@@ -146,7 +147,7 @@ def _check_corpus(corpus: str, names: Sequence[str]) -> None:
     try:
       run_data.get_provider(name)
     except ValueError:
-      raise ValueError(
+      raise UserError(
         f"CORPUS = {corpus!r}: task {name!r} is not registered. Corpora register every "
         "objective as <prefix>_<objective>_v1 ('pydocs', 'c4', or your own with "
         "tasks.register_text_files(prefix, files) in a module named by MIXTURE_OR_TASK_MODULE)."
@@ -183,7 +184,7 @@ def _train_run(
   marker = _read_json(marker_path)
   if marker is not None and marker.get("config") != config:
     diff = sorted(k for k in config if marker.get("config", {}).get(k) != config[k])
-    raise ValueError(
+    raise UserError(
       f"{run_dir} was trained with other settings ({', '.join(diff)} differ); use another "
       "MODEL_DIR or remove that run's folder."
     )
@@ -338,14 +339,14 @@ def run_ablation(
   t_start = time.time()
   specs = [ablation_runs.get_run(n) for n in runs]
   if len({s.name for s in specs}) != len(specs):
-    raise ValueError(f"RUNS = {tuple(runs)!r}: a run is listed twice.")
+    raise UserError(f"RUNS = {tuple(runs)!r}: a run is listed twice.")
   if baseline not in runs:
-    raise ValueError(f"baseline = {baseline!r} is not among RUNS = {tuple(runs)!r}.")
+    raise UserError(f"baseline = {baseline!r} is not among RUNS = {tuple(runs)!r}.")
   for name in extra_seeds or {}:
     if name not in runs:
-      raise ValueError(f"EXTRA_SEEDS names {name!r}, which is not among RUNS.")
+      raise UserError(f"EXTRA_SEEDS names {name!r}, which is not among RUNS.")
   if not seeds:
-    raise ValueError("SEEDS is empty.")
+    raise UserError("SEEDS is empty.")
   lengths = {k: int(v) for k, v in task_feature_lengths.items()}
   parts = _suite_parts(eval_parts)
   _check_corpus(
@@ -488,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
       fn = gin.get_configurable(run_ablation)
     except (KeyError, ValueError):
-      raise ValueError(
+      raise UserError(
         "The gin files do not configure t5x_ext.experiments.ablation.run_ablation; use "
         "gin/experiments/ablation_tiny_cpu.gin or ablation_c4_pod.gin."
       ) from None
@@ -510,5 +511,6 @@ if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
   # Run through the importable module so gin binds the function that runs.
   from t5x_ext.experiments import ablation as _ablation_module
+  from t5x_ext.launch import flags as _cli
 
-  _ablation_module.main()
+  _cli.main_guard(_ablation_module.main)

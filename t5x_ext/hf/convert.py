@@ -21,7 +21,6 @@ import argparse
 import json
 import pathlib
 import shutil
-import sys
 
 from t5x_ext.hf.hf_config import CONFIG_FILE, HFT5Spec
 
@@ -169,4 +168,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from t5x_ext.launch import flags as _cli
+
+  _cli.main_guard(main)  # its status; a user error exits 2, a bug 1 (docs/operations.md)

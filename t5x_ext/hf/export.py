@@ -419,4 +419,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from t5x_ext.launch import flags as _cli
+
+  _cli.main_guard(main)  # its status; a user error exits 2, a bug 1 (docs/operations.md)

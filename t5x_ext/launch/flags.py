@@ -417,12 +417,15 @@ def exit_status(result: Any) -> int:
   """The process exit status for what an entry point's `main` returned.
 
   Args:
-    result: `main`'s return value; a result with a true `stopped_by_signal` attribute (a run
-      that checkpointed at SIGTERM and stopped early) gives `STOPPED_EXIT`.
+    result: `main`'s return value; an int is the status itself (the converters' and
+      `plan`'s `main`); a result with a true `stopped_by_signal` attribute (a run that
+      checkpointed at SIGTERM and stopped early) gives `STOPPED_EXIT`.
 
   Returns:
-    0 or `STOPPED_EXIT`.
+    The int, 0 or `STOPPED_EXIT`.
   """
+  if isinstance(result, int) and not isinstance(result, bool):  # a command's own status
+    return result
   return STOPPED_EXIT if getattr(result, "stopped_by_signal", False) else 0
 
 
@@ -475,10 +478,6 @@ def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and
   try:
     status = exit_status(main_fn(argv))
   except SystemExit as e:  # argparse's usage errors and explicit exits
-  from t5x_ext.training import preemption  # light: no JAX
-
-  if exit_fn is _flush_and_exit:  # a real process (tests pass a recorder): SIGTERM exits it
-    preemption.install(exit_fn)  # before anything compiles; see preemption.py
     if isinstance(e.code, int):
       status = e.code
     else:
@@ -491,8 +490,6 @@ def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and
     _report(e)
     status = USER_ERROR_EXIT
   except errors.DivergedError as e:
-  except preemption.Preempted:  # SIGTERM with nothing new to checkpoint: left cleanly
-    status = STOPPED_EXIT
     _report(e)
     status = DIVERGED_EXIT
   except BaseException:  # noqa: BLE001 - a bug: show it, then still exit promptly

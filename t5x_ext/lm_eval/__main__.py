@@ -51,4 +51,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from t5x_ext.launch import flags as _cli
+
+  _cli.main_guard(main)

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from t5x_ext.errors import UserError
 from t5x_ext.objectives import bart
 from t5x_ext.objectives.denoisers import KINDS, MODES, PREFIX_SPLITS, Denoiser, normalized_rates
 
@@ -117,44 +118,44 @@ def check_denoisers(denoisers: Sequence[Denoiser]) -> None:
     ValueError: naming the denoiser and the offending value.
   """
   if not denoisers:
-    raise ValueError("A mixture needs at least one Denoiser; got none.")
+    raise UserError("A mixture needs at least one Denoiser; got none.")
   names = set()
   for i, d in enumerate(denoisers):
     if not isinstance(d, Denoiser):
-      raise ValueError(f"denoisers[{i}] must be a Denoiser, got {d!r}.")
+      raise UserError(f"denoisers[{i}] must be a Denoiser, got {d!r}.")
     where = f"Denoiser {d.name!r} (index {i})"
     if not d.name:
-      raise ValueError(f"{where}: name must be non-empty.")
+      raise UserError(f"{where}: name must be non-empty.")
     if d.name in names:
-      raise ValueError(f"{where}: duplicate name; names must be unique in a mixture.")
+      raise UserError(f"{where}: duplicate name; names must be unique in a mixture.")
     names.add(d.name)
     if d.kind not in KINDS:
-      raise ValueError(f"{where}: unknown kind {d.kind!r}; expected one of {KINDS}.")
+      raise UserError(f"{where}: unknown kind {d.kind!r}; expected one of {KINDS}.")
     if d.mode not in MODES:
-      raise ValueError(f"{where}: unknown mode {d.mode!r}; expected one of {MODES}.")
+      raise UserError(f"{where}: unknown mode {d.mode!r}; expected one of {MODES}.")
     if not (math.isfinite(d.rate) and d.rate >= 0):
-      raise ValueError(f"{where}: rate must be a finite number >= 0, got {d.rate!r}.")
+      raise UserError(f"{where}: rate must be a finite number >= 0, got {d.rate!r}.")
     if d.kind == "span":
       if not (math.isfinite(d.mean_span_length) and d.mean_span_length > 0):
-        raise ValueError(f"{where}: mean_span_length must be > 0, got {d.mean_span_length!r}.")
+        raise UserError(f"{where}: mean_span_length must be > 0, got {d.mean_span_length!r}.")
       if not 0 < d.noise_density < 1:
-        raise ValueError(f"{where}: noise_density must be in (0, 1), got {d.noise_density!r}.")
+        raise UserError(f"{where}: noise_density must be in (0, 1), got {d.noise_density!r}.")
     if d.kind == "bart":
       if not isinstance(d.bart, bart.BartNoise):
-        raise ValueError(f"{where}: kind 'bart' needs bart=BartNoise(...), got {d.bart!r}.")
+        raise UserError(f"{where}: kind 'bart' needs bart=BartNoise(...), got {d.bart!r}.")
       d.bart.check(where)
     if d.kind == "prefix_lm":
       if d.prefix_split not in PREFIX_SPLITS:
-        raise ValueError(
+        raise UserError(
           f"{where}: unknown prefix_split {d.prefix_split!r}; expected one of {PREFIX_SPLITS}."
         )
       if d.prefix_split not in ("uniform", "pivot") and not 0 < d.noise_density < 1:
-        raise ValueError(
+        raise UserError(
           f"{where}: noise_density (mean target fraction) must be in (0, 1), got "
           f"{d.noise_density!r}."
         )
       if d.prefix_split == "paper" and d.noise_density > 0.5:
-        raise ValueError(
+        raise UserError(
           f"{where}: prefix_split 'paper' draws the target fraction from "
           f"Uniform(0, 2 * noise_density), so noise_density must be <= 0.5, got "
           f"{d.noise_density!r}."
@@ -192,15 +193,15 @@ def plan_denoiser(
   lt = sequence_length.get("targets")
   li = sequence_length.get("inputs")
   if lt is None or lt < 2:
-    raise ValueError(f"{who}: needs sequence_length['targets'] >= 2, got {lt!r}.")
+    raise UserError(f"{who}: needs sequence_length['targets'] >= 2, got {lt!r}.")
   has_inputs = li is not None
   if not has_inputs and (d.kind != "causal_lm" or prefix_length):
-    raise ValueError(
+    raise UserError(
       f"{who}: kind {d.kind!r} with mode {d.mode!r} needs an 'inputs' length, but "
       f"sequence_length is {dict(sequence_length)}."
     )
   if d.kind == "span" and max_sentinels < 1:
-    raise ValueError(
+    raise UserError(
       f"{who}: span corruption needs sentinel ids, but the vocabulary has "
       f"{max_sentinels} usable extra ids."
     )
@@ -235,7 +236,7 @@ def plan_denoiser(
         max_sentinels,
       )
   if chunk < MIN_CHUNK_LENGTH:
-    raise ValueError(
+    raise UserError(
       f"{who}: sequence_length {dict(sequence_length)} is too short: with {prefix_length} "
       f"mode-prefix tokens and one EOS slot per feature, not even a "
       f"{MIN_CHUNK_LENGTH}-token chunk fits."
@@ -249,7 +250,7 @@ def plan_denoiser(
         if sentinel_limited
         else f"sequence_length {dict(sequence_length)} (with {prefix_length} prefix tokens) allows"
       )
-      raise ValueError(
+      raise UserError(
         f"{who}: chunks of >= {need} tokens are needed to hold one noise span of mean "
         f"length {d.mean_span_length:g} at noise_density {d.noise_density:g}, but {reason} "
         f"at most {chunk} tokens ({noise} noise tokens)."

@@ -27,6 +27,7 @@ import jax
 import optax
 from etils import epath
 
+from t5x_ext.errors import UserError
 from t5x_ext.training import (
   checkpointing,
   flops,
@@ -143,7 +144,7 @@ def fit(
   log_every = run_setup.positive_int("LOG_EVERY", log_every)
   checkpoint_every = run_setup.positive_int("CHECKPOINT_EVERY", checkpoint_every)
   if not model_dir or not isinstance(model_dir, str | os.PathLike):
-    raise ValueError(f"MODEL_DIR = {model_dir!r}: must be a directory path.")
+    raise UserError(f"MODEL_DIR = {model_dir!r}: must be a directory path.")
   model_dir = str(model_dir)
   memory_bytes = None
   if plan_memory and device_memory is not None:
@@ -189,8 +190,6 @@ def fit(
     max_to_keep=keep_checkpoints,
     async_save=async_checkpointing,
   )
-  # A SIGTERM save must not wait for this compilation (seconds on a loaded host).
-  checkpointing.warm_up_check_finite(_state_to_tree(abstract))
   state, start, batches_iter = _restore_or_init(
     ckpt, trainer, abstract, tx, data, first, seed=seed, params_from=restore_params_from, say=say
   )
@@ -265,7 +264,7 @@ def _build_optimizer(optimizer, learning_rate) -> optax.GradientTransformation:
     return optimizer
   if callable(optimizer):  # a factory such as gin's `@optimizers.make_optimizer`
     return optimizer(learning_rate=learning_rate)
-  raise ValueError(f"optimizer = {optimizer!r}: expected an optax transformation or a factory.")
+  raise UserError(f"optimizer = {optimizer!r}: expected an optax transformation or a factory.")
 
 
 def _open_data(run, mixture_or_task_name, model, *, pack, seed, use_cached):
@@ -291,7 +290,7 @@ def _device_memory_bytes(device_memory: Any) -> int:
   try:
     return memory_plan.parse_memory(device_memory)
   except ValueError:
-    raise ValueError(
+    raise UserError(
       f"device_memory = {device_memory!r}: expected bytes or a size such as '16GiB', '80GB' "
       "or '512MiB'."
     ) from None

@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from t5x_ext.errors import UserError
 from t5x_ext.model import axes
 
 MESH_AXES = ("data", "fsdp", "model")
@@ -89,7 +90,7 @@ def make_mesh(
   n = len(devices)
   for key, value in mesh_shape.items():
     if key not in MESH_AXES:
-      raise ValueError(
+      raise UserError(
         f"MESH_SHAPE has unknown axis {key!r} (value {value!r}); the axes are {MESH_AXES}."
       )
     if (
@@ -97,14 +98,14 @@ def make_mesh(
       or isinstance(value, bool)
       or (value < 1 and value != -1)
     ):
-      raise ValueError(f"MESH_SHAPE[{key!r}] = {value!r}: sizes must be positive ints or -1.")
+      raise UserError(f"MESH_SHAPE[{key!r}] = {value!r}: sizes must be positive ints or -1.")
   free = [k for k, v in mesh_shape.items() if v == -1]
   if len(free) > 1:
-    raise ValueError(f"MESH_SHAPE = {mesh_shape!r}: at most one axis may be -1, got {free}.")
+    raise UserError(f"MESH_SHAPE = {mesh_shape!r}: at most one axis may be -1, got {free}.")
   fixed = math.prod(v for v in mesh_shape.values() if v != -1)
   if free:
     if n % fixed:
-      raise ValueError(
+      raise UserError(
         f"MESH_SHAPE = {mesh_shape!r}: the fixed axes multiply to {fixed}, which does not "
         f"divide the {n} devices, so {free[0]!r} = -1 has no size."
       )
@@ -112,7 +113,7 @@ def make_mesh(
   sizes = tuple(int(mesh_shape.get(a, 1)) for a in MESH_AXES)
   if math.prod(sizes) != n:
     bad = {k: v for k, v in mesh_shape.items() if v != 1}
-    raise ValueError(
+    raise UserError(
       f"MESH_SHAPE = {bad!r} needs {math.prod(sizes)} devices, but there are {n}; "
       "set one axis to -1 to use the rest."
     )
@@ -149,21 +150,21 @@ def validate_batch_size(batch_size: int, mesh: Mesh, num_microbatches: int = 1) 
   """
   dp = data_parallel_size(mesh)
   if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool) or batch_size < 1:
-    raise ValueError(f"BATCH_SIZE = {batch_size!r}: must be a positive int.")
+    raise UserError(f"BATCH_SIZE = {batch_size!r}: must be a positive int.")
   if batch_size % dp:
-    raise ValueError(
+    raise UserError(
       f"BATCH_SIZE = {batch_size} does not divide over the data-parallel size {dp} "
       f"(mesh {dict(mesh.shape)}: data x fsdp); use a multiple of {dp}."
     )
   _, num_shards = process_batch_shard(mesh)
   if batch_size % num_shards:
-    raise ValueError(
+    raise UserError(
       f"BATCH_SIZE = {batch_size} does not divide over {num_shards} host batch shards."
     )
   if not isinstance(num_microbatches, int | np.integer) or num_microbatches < 1:
-    raise ValueError(f"NUM_MICROBATCHES = {num_microbatches!r}: must be a positive int.")
+    raise UserError(f"NUM_MICROBATCHES = {num_microbatches!r}: must be a positive int.")
   if batch_size % (num_microbatches * dp):
-    raise ValueError(
+    raise UserError(
       f"NUM_MICROBATCHES = {num_microbatches} with BATCH_SIZE = {batch_size}: each microbatch "
       f"must split over the data-parallel size {dp} (mesh {dict(mesh.shape)}), so BATCH_SIZE "
       f"must be a multiple of {num_microbatches * dp}."
@@ -211,16 +212,16 @@ def validate_rules(rules: Rules, mesh: Mesh | None = None) -> None:
   seen = set()
   for rule in rules:
     if not (isinstance(rule, tuple | list) and len(rule) == 2 and isinstance(rule[0], str)):
-      raise ValueError(f"logical_axis_rules entry {rule!r}: expected (logical_name, mesh_axes).")
+      raise UserError(f"logical_axis_rules entry {rule!r}: expected (logical_name, mesh_axes).")
     logical, target = rule
     if logical in seen:
       # Flax would silently use the first; a duplicate is almost always an editing mistake.
-      raise ValueError(f"logical_axis_rules names {logical!r} twice.")
+      raise UserError(f"logical_axis_rules names {logical!r} twice.")
     seen.add(logical)
     targets = target if isinstance(target, tuple | list) else (target,)
     for axis in targets:
       if axis is not None and axis not in names:
-        raise ValueError(
+        raise UserError(
           f"logical_axis_rules entry {tuple(rule)!r}: mesh axis {axis!r} is not one of {names}."
         )
 
@@ -263,7 +264,7 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules = DEFAULT_RUL
         mesh.shape[a] for a in (mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,))
       )
       if size % split:
-        raise ValueError(
+        raise UserError(
           f"Parameter {_path_str(path)} with shape {tuple(leaf.shape)} and logical axes "
           f"{names} has dimension {dim} of size {size}, which does not divide over mesh axes "
           f"{mesh_axes} ({split} devices, mesh {dict(mesh.shape)}). Change MESH_SHAPE or the rules."
@@ -463,7 +464,7 @@ def check_params_sharded(
     return
   bad = fully_replicated_params(params, shardings, min_bytes)
   if bad:
-    raise ValueError(
+    raise UserError(
       f"Mesh {dict(mesh.shape)} shards parameters, but these over {min_bytes} bytes are fully "
       f"replicated (no logical rule maps any of their axes to fsdp/model): {bad}"
     )

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
+from t5x_ext.errors import UserError
 from t5x_ext.training import partitioning
 
 
@@ -34,7 +35,7 @@ def positive_int(name: str, value: Any) -> int:
     ValueError: unless `value` is an int >= 1 (a bool is not).
   """
   if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"{name} = {value!r}: must be a positive int.")
+    raise UserError(f"{name} = {value!r}: must be a positive int.")
   return int(value)
 
 
@@ -114,7 +115,7 @@ def prepare(
   partitioning.validate_batch_size(batch_size, mesh)
   dp = partitioning.data_parallel_size(mesh)
   if num_microbatches > 1 and (batch_size // num_microbatches) % dp:
-    raise ValueError(
+    raise UserError(
       f"num_microbatches = {num_microbatches}: microbatches of {batch_size // num_microbatches} "
       f"rows do not divide over the data-parallel size {dp}."
     )
@@ -124,7 +125,7 @@ def prepare(
     provider, task_feature_lengths, model_vocab_size=vocab_size, plan=plan_objectives
   )
   if split is not None and split not in provider.splits:
-    raise ValueError(
+    raise UserError(
       f"split = {split!r} is not a split of {mixture_or_task_name!r} ({list(provider.splits)})."
     )
   shard_id, num_shards = partitioning.process_batch_shard(mesh)
