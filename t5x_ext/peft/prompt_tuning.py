@@ -247,13 +247,13 @@ class PromptTrainer(LoraTrainer):
     Returns:
       float32 [B] log-likelihoods of the targets.
     """
-    fn = jax.jit(
-      lambda base, prompt, b: self.model.score_batch(
-        base, b, prompt=prompt, prompt_offset=self.prompt_offset
+    if getattr(self, "_score_fn", None) is None:
+      self._score_fn = jax.jit(
+        lambda base, prompt, b: self.model.score_batch(
+          base, b, prompt=prompt, prompt_offset=self.prompt_offset
+        )
       )
-    )
-    features = {k: v for k, v in batch.items() if not k.endswith("_segment_ids")}
-    return fn(self._base(), params[PROMPT], features)
+    return self._score_fn(self._base(), params[PROMPT], dict(batch))
 
 
 @dataclasses.dataclass
