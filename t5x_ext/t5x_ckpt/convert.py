@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from t5x_ext.t5x_ckpt import gin_values, names
+from t5x_ext.t5x_ckpt import gin_values, names, tree
 from t5x_ext.t5x_ckpt.t5x_format import T5XCheckpoint
 
 PARAMS_DIR = "params"
@@ -189,7 +189,7 @@ def convert(
   readers = names.plan(ckpt.params, model_shapes(config), where=str(ckpt.directory))
   lazy = {n: LazyArray(r.shape, np.float32, r.read) for n, r in readers.items()}
   output_dir.mkdir(parents=True, exist_ok=True)
-  save_streaming(params_dir, {"params": _nest(lazy)})
+  save_streaming(params_dir, {"params": tree.nest(lazy)})
   source = str(ckpt.directory)
   header = [
     f"# Converted from the T5X checkpoint {source} (format version {ckpt.version}).",
@@ -201,17 +201,6 @@ def convert(
   if gin_path:
     shutil.copyfile(gin_path, output_dir / SOURCE_GIN)
   return params_dir
-
-
-def _nest(flat):
-  tree: dict = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, last = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = value
-  return tree
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from t5x_ext.t5x_ckpt.t5x_format import TensorRef
+from t5x_ext.t5x_ckpt.tree import flatten  # noqa: F401 - `names.flatten`, as callers spell it
 
 STACKS = ("encoder", "decoder")
 NAMINGS = ("t5x", "flaxformer_scanned")
@@ -307,25 +308,6 @@ def plan(
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """`{'a': {'b': x}}` -> `{'a/b': x}` (dicts only; leaves are anything else).
-
-  Args:
-    tree: nested mappings.
-    prefix: prepended to every name.
-
-  Returns:
-    The flat dict.
-  """
-  out: dict[str, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def _to_stored(name: str, x: np.ndarray) -> np.ndarray:

@@ -18,28 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_ext.t5x_ckpt import names
+from t5x_ext.t5x_ckpt import names, tree
 from t5x_ext.t5x_ckpt.t5x_format import T5XCheckpoint
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, last = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = value
-  return tree
-
-
-def _flatten_abstract(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, Mapping):
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-      out.update(_flatten_abstract(v, f"{prefix}{k}/"))
-    return out
-  return {prefix[:-1]: tree}
 
 
 def _index_key(index: tuple) -> tuple:
@@ -63,7 +43,7 @@ def restore_params(path: str | os.PathLike, abstract_params: Mapping[str, Any]) 
       are listed, with both shapes).
   """
   ckpt = T5XCheckpoint(path)
-  flat = _flatten_abstract(abstract_params)
+  flat = tree.flatten(abstract_params)
   readers = names.plan(
     ckpt.params, {n: tuple(x.shape) for n, x in flat.items()}, where=str(ckpt.directory)
   )
@@ -82,7 +62,7 @@ def restore_params(path: str | os.PathLike, abstract_params: Mapping[str, Any]) 
 
     out[name] = jax.make_array_from_callback(tuple(x.shape), sharding, read)
     cache.clear()
-  return _unflatten(out)
+  return tree.nest(out)
 
 
 def read_params(
@@ -103,4 +83,4 @@ def read_params(
   flat = {n: r.read() for n, r in readers.items()}
   if dtype is not None:
     flat = {n: np.asarray(v, dtype) for n, v in flat.items()}
-  return _unflatten(flat)
+  return tree.nest(flat)

@@ -34,6 +34,8 @@ import numpy as np
 import tensorstore as ts
 from flax import serialization
 
+from t5x_ext.t5x_ckpt.tree import flatten, nest
+
 VERSION = 3
 CHECKPOINT_FILE = "checkpoint"
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
@@ -56,15 +58,6 @@ def _np_dtype(name: str) -> np.dtype:
 
 def _is_spec(x: Any) -> bool:
   return isinstance(x, Mapping) and "driver" in x and "kvstore" in x
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, Mapping) and not _is_spec(tree):
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    return out
-  return {prefix[:-1]: tree}
 
 
 def find_checkpoint_file(path: str | os.PathLike) -> pathlib.Path:
@@ -281,7 +274,7 @@ class T5XCheckpoint:
     if not isinstance(optimizer, Mapping) or "target" not in optimizer:
       keys = list(optimizer) if isinstance(optimizer, Mapping) else type(optimizer).__name__
       raise T5XFormatError(f"{self.path}: no optimizer 'target' (the params) in it ({keys})")
-    flat = _flatten(optimizer["target"])
+    flat = flatten(optimizer["target"], is_leaf=_is_spec)
     self.params = {name: TensorRef(name, v, self.directory) for name, v in flat.items()}
 
   def config_gin(self) -> pathlib.Path | None:
@@ -376,7 +369,7 @@ def write_checkpoint(
   if tmp.exists():
     shutil.rmtree(tmp)
   tmp.mkdir(parents=True)
-  tree: dict = {}
+  leaves: dict = {}
   for name, value in target.items():
     array = value() if callable(value) else value
     array = np.asarray(array)
@@ -384,14 +377,10 @@ def write_checkpoint(
       leaf = array
     else:
       leaf = _write_zarr(tmp, name, array, compressor)
-    node = tree
-    *parents, last = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
+    leaves[name] = leaf
     del array
   optimizer = {
-    "target": tree,
+    "target": nest(leaves),
     "state": dict(state) if state is not None else {"step": np.int32(step)},
   }
   payload = serialization.msgpack_serialize({"version": VERSION, "optimizer": optimizer})
