@@ -8,6 +8,11 @@ pretrains, fine-tunes from that checkpoint and evaluates, then skips finished st
 from __future__ import annotations
 
 import collections
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +20,11 @@ import seqio
 import tensorflow as tf
 
 import tasks
+from t5x_ext.experiments import self_pretrain
 from tasks import finetune, pretraining
 from tasks import self_pretraining as sp
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 TOPIC = "pydocs_topic_classification_v1"
 LENGTHS = {"inputs": 512, "targets": 128}
@@ -141,3 +149,73 @@ def test_decoded_inputs_where_the_task_keeps_no_text():
   name = sp.register_self_pretraining("ids_only_v1", "ul2_mod")
   docs = _texts(seqio.get_mixture_or_task(name).source.get_dataset(split="train"))
   assert docs == texts
+
+
+# ------------------------------------------------------------------ the one-command experiment
+
+TINY_FLAGS = [
+  "--gin.network.TransformerConfig.emb_dim=32",
+  "--gin.network.TransformerConfig.num_heads=2",
+  "--gin.network.TransformerConfig.head_dim=16",
+  "--gin.network.TransformerConfig.mlp_dim=64",
+  "--gin.network.TransformerConfig.num_encoder_layers=1",
+  "--gin.network.TransformerConfig.num_decoder_layers=1",
+]
+
+
+def _argv(model_dir):
+  return [
+    "--gin_file=experiments/self_pretrain_topic_tiny.gin",
+    f"--gin.MODEL_DIR='{model_dir}'",
+    "--gin.PRETRAIN_STEPS=2",
+    "--gin.FINETUNE_STEPS=2",
+    "--gin.PRETRAIN_BATCH_SIZE=2",
+    "--gin.BATCH_SIZE=2",
+    "--gin.LOG_EVERY=1",
+    "--gin.EVAL_BATCH_SIZE=4",
+    "--gin.EVAL_BATCHES=1",
+    "--gin.EVALUATOR_NUM_EXAMPLES=4",
+    *TINY_FLAGS,
+  ]
+
+
+def _mtimes(root: pathlib.Path) -> dict[str, int]:
+  files = [p for p in root.rglob("*") if p.is_file() and p.name != "config.gin"]
+  files = [p for p in files if p.name != self_pretrain.RESULTS_JSON]
+  return {str(p): p.stat().st_mtime_ns for p in files}
+
+
+def test_one_command_pretrains_finetunes_evaluates_then_skips(tmp_path):
+  root = tmp_path / "self_pt"
+  # The command itself, as a user runs it (under a timeout: a hang fails the test).
+  proc = subprocess.run(
+    [sys.executable, "-m", "t5x_ext.experiments.self_pretrain", *_argv(root)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for stage in (self_pretrain.PRETRAIN_DIR, self_pretrain.FINETUNE_DIR):
+    assert (root / stage / "checkpoints" / "2").is_dir(), stage
+    marker = json.loads((root / stage / self_pretrain.STAGE_MARKER).read_text())
+    assert marker["step"] == 2
+  record = json.loads((root / self_pretrain.RESULTS_JSON).read_text())
+  assert record["config"]["pretrain_task"] == f"{TOPIC}_self_ul2_mod_v1"
+  assert record["stages"]["self_pretrain"]["config"]["task"] == f"{TOPIC}_self_ul2_mod_v1"
+  assert record["stages"]["finetune"]["config"]["start_from"] == "self_pretrain"
+  assert sorted(record["invocation"]["trained"]) == ["finetune", "self_pretrain"]
+  assert record["eval"]["step"] == 2
+  assert 0 <= record["eval"][f"eval/{TOPIC}/accuracy"] <= 100
+  assert 0 < record["eval"]["eval/loss"] < 20
+  assert "Initialised params from" in proc.stdout and "self_pretrain" in proc.stdout
+
+  # Again: every stage and the evaluation are skipped, nothing is rewritten.
+  before = _mtimes(root)
+  again = self_pretrain.main(_argv(root))
+  assert again["invocation"]["trained"] == [] and again["invocation"]["resumed"] == []
+  assert again["invocation"]["evaluated"] == []
+  assert again["invocation"]["skipped"] == ["self_pretrain", "finetune", "eval"]
+  assert again["eval"] == record["eval"]
+  assert _mtimes(root) == before

@@ -229,7 +229,6 @@ def run_self_pretraining(
       "batch_size": pre_batch,
       "seed": seed,
       "model": repr(model.config),
-      "learning_rate": repr(pretrain_learning_rate),
       "initial_checkpoint_path": initial_checkpoint_path,
     }
     marker, how = _train_stage(
@@ -257,7 +256,6 @@ def run_self_pretraining(
     "batch_size": int(batch_size),
     "seed": seed,
     "model": repr(model.config),
-    "learning_rate": repr(finetune_learning_rate),
     "start_from": PRETRAIN_DIR if pretrain_steps else initial_checkpoint_path,
     "pretrain_steps": pretrain_steps,
   }
@@ -324,6 +322,9 @@ def run_self_pretraining(
       "seed": seed,
       "initial_checkpoint_path": initial_checkpoint_path,
       "model": repr(model.config),
+      # Not in the stage markers: a schedule's repr names its address, new every process.
+      "pretrain_learning_rate": repr(pretrain_learning_rate),
+      "finetune_learning_rate": repr(finetune_learning_rate),
     },
     "machine": ablation.machine_info(),
     "stages": stages,
