@@ -40,6 +40,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -350,15 +351,7 @@ class Checkpointer:
       self._raise_save_error(step, e)
 
   def _raise_save_error(self, step: int, error: BaseException) -> None:
-    removed = []
-    if jax.process_index() == 0 and self.directory.exists():
-      for child in self.directory.iterdir():
-        if child.name.startswith(f"{step}{TMP_MARKER}") or (
-          child.name == str(step) and not ocp.path.step.is_path_finalized(child)
-        ):
-          with contextlib.suppress(OSError):  # epath: local folders and object stores alike
-            child.rmtree()
-          removed.append(child.name)
+    removed = self._remove_partial(step) if jax.process_index() == 0 else []
     last = self.latest_step()
     kept = (
       f"the last complete checkpoint is step {last}"
@@ -370,6 +363,56 @@ class Checkpointer:
       f"({type(error).__name__}: {error}); {kept}"
       f"{' (partial ' + ', '.join(removed) + ' removed)' if removed else ''}. Training stopped."
     ) from error
+
+  def _remove_partial(self, step: int, *, settle_seconds: float = 0.5) -> list[str]:
+    """Removes the failed save of `step` (its tmp or unfinalized directory) for good.
+
+    The error surfaces when Orbax's commit thread fails, but its other writers (the
+    checkpointer's background thread, the metadata stores' executors, `asyncio.to_thread`
+    workers) can still be writing into the directory: under load a file landed after the
+    removal and the partial directory was back. So: wait for Orbax's writers, then remove
+    until nothing partial has been seen for `settle_seconds`.
+
+    Args:
+      step: the failed step.
+      settle_seconds: how long the directory must stay clean.
+
+    Returns:
+      The names removed.
+    """
+    writers = [getattr(self._manager, "_checkpointer", None)]
+    writers += [
+      getattr(self._manager, f"_{k}_metadata_store", None) for k in ("non_blocking", "blocking")
+    ]
+    for writer in writers:
+      with contextlib.suppress(Exception):  # the save's own error is reported by the caller
+        if writer is not None:
+          writer.wait_until_finished()
+
+    def partial(child) -> bool:
+      return child.name.startswith(f"{step}{TMP_MARKER}") or (
+        child.name == str(step) and not ocp.path.step.is_path_finalized(child)
+      )
+
+    removed: list[str] = []
+    deadline = time.monotonic() + 30.0
+    clean_since = None
+    while time.monotonic() < deadline:
+      found = [c for c in self.directory.iterdir() if partial(c)] if self.directory.exists() else []
+      for child in found:
+        with contextlib.suppress(OSError):  # epath: local folders and object stores alike
+          child.rmtree()
+        if child.name not in removed:
+          removed.append(child.name)
+      now = time.monotonic()
+      if found:
+        clean_since = None
+      elif clean_since is None:
+        clean_since = now
+      elif now - clean_since >= settle_seconds:
+        break
+      time.sleep(0.05)
+    return removed
 
   def save(self, step: int, state: Any, data_state: Mapping[str, Any] | None = None) -> bool:
     """Writes a checkpoint of `state` at `step` (asynchronously unless a stop was requested).
