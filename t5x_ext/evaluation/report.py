@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from t5x_ext.evaluation.mode_matrix import COLUMNS, FAMILIES
 
@@ -11,7 +11,16 @@ def _fmt(value: float | None, digits: int) -> str:
   return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  """The lines of a Markdown table (the suite's report and the ablation's both use it).
+
+  Args:
+    header: column titles.
+    rows: cells as strings, one list per row.
+
+  Returns:
+    `["| a | b |", "|---|---|", "| 1 | 2 |", ...]`.
+  """
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(r) + " |" for r in rows]
   return lines
@@ -30,7 +39,7 @@ def markdown(results: Mapping[str, float]) -> str:
   out: list[str] = []
   if any(k.startswith("family_loss/") for k in r):
     out += ["Held-out loss per denoiser family (nats per target token):", ""]
-    out += _table(
+    out += markdown_table(
       ["family", "loss", "token accuracy"],
       [
         [f, _fmt(r.get(f"family_loss/{f}"), 3), _fmt(r.get(f"family_accuracy/{f}"), 3)]
@@ -40,14 +49,14 @@ def markdown(results: Mapping[str, float]) -> str:
     out.append("")
   if any(k.startswith("mode_matrix/") for k in r):
     out += ["Mode-prefix matrix (loss of each family's examples under each prefix):", ""]
-    out += _table(
+    out += markdown_table(
       ["family", *COLUMNS],
       [[f] + [_fmt(r.get(f"mode_matrix/{f}/{c}"), 3) for c in COLUMNS] for f in FAMILIES],
     )
     out.append("")
   if any(k.startswith("rank_classification/") for k in r):
     out += ["Rank classification accuracy (%), topic task, no fine-tuning:", ""]
-    out += _table(
+    out += markdown_table(
       ["shots", *COLUMNS],
       [
         [s] + [_fmt(r.get(f"rank_classification/{s}/{c}/accuracy"), 1) for c in COLUMNS]
@@ -58,6 +67,6 @@ def markdown(results: Mapping[str, float]) -> str:
   probe_keys = sorted(k for k in r if k.startswith("probe/"))
   if probe_keys:
     out += ["Fine-tuning probes:", ""]
-    out += _table(["metric", "value"], [[k, _fmt(r[k], 2)] for k in probe_keys])
+    out += markdown_table(["metric", "value"], [[k, _fmt(r[k], 2)] for k in probe_keys])
     out.append("")
   return "\n".join(out)

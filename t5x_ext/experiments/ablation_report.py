@@ -16,9 +16,10 @@ from __future__ import annotations
 import io
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+from t5x_ext.evaluation.report import markdown_table
 from t5x_ext.modes import FAMILY_MODES, UL2_MODES
 from t5x_ext.training import run_paths
 
@@ -142,11 +143,6 @@ def _signed(value: float | None) -> str:
   return "–" if value is None else f"{value:+.1f}%"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def _arrow(lower: bool) -> str:
   return "↓" if lower else "↑"
 
@@ -190,7 +186,7 @@ def markdown(record: Mapping[str, Any]) -> str:
       digits = 3 if c["lower_is_better"] else 1
       row.append(_fmt(s["mean"].get(c["key"]), s["std"].get(c["key"]), digits))
     rows.append(row)
-  out += _table(header, rows)
+  out += markdown_table(header, rows)
   out += [
     "",
     f"## Relative change against {base_label}",
@@ -203,7 +199,7 @@ def markdown(record: Mapping[str, Any]) -> str:
   rows = [
     [s["label"]] + [_signed(s["relative"].get(c["key"])) for c in columns] for s in summary.values()
   ]
-  out += _table(header, rows)
+  out += markdown_table(header, rows)
   # The matrix of the runs pretrained on the UL2 mixture (with and without prefixes): the
   # others never saw a prefix, and the mixture's families are what the matrix scores.
   matrix_runs = [
@@ -235,7 +231,7 @@ def markdown(record: Mapping[str, Any]) -> str:
         own = vals[FAMILY_PREFIX[fam]]
         gap = statistics.fmean(others) - own if others and own is not None else None
         rows.append([s["label"], fam, *cells, _fmt(gap)])
-    out += _table(["run", "family", *PREFIX_COLUMNS, "gap"], rows)
+    out += markdown_table(["run", "family", *PREFIX_COLUMNS, "gap"], rows)
   t = record.get("timings", {})
   out += [
     "",
