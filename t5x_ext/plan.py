@@ -42,6 +42,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from t5x_ext.errors import UserError
 from t5x_ext.training import memory_plan
 
 _CHILD_ENV = "T5X_EXT_PLAN_CHILD"
@@ -88,7 +89,7 @@ def train_settings() -> dict[str, Any]:
   except (KeyError, ValueError):
     bound = {}
   if "model" not in bound:
-    raise ValueError(
+    raise UserError(
       "The gin files do not configure t5x_ext.train.train with a model; give an experiment "
       "file, or a model file and 'runs/pretrain.gin'."
     )
@@ -145,9 +146,9 @@ def _optimizer(optimizer, learning_rate):
 
 def _memory(own: argparse.Namespace) -> tuple[int | None, str]:
   if own.device and own.device_memory:
-    raise ValueError("Give --device or --device_memory, not both.")
+    raise UserError("Give --device or --device_memory, not both.")
   if not 0 < own.memory_fraction <= 1:
-    raise ValueError(f"--memory_fraction={own.memory_fraction}: must be in (0, 1].")
+    raise UserError(f"--memory_fraction={own.memory_fraction}: must be in (0, 1].")
   if own.device:
     acc = memory_plan.accelerator(own.device)
     size, label = acc.memory_bytes, f"{acc.name}, {acc.note}"
@@ -328,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     own, gin_args = parse_flags(argv)
     if not gin_args.gin_files:
-      raise ValueError("At least one --gin_file is needed.")
+      raise UserError("At least one --gin_file is needed.")
     cli.parse_gin(gin_args.gin_files, gin_args.gin_bindings, gin_args.gin_search_paths)
     n = own.num_devices or default_num_devices(train_settings()["mesh_shape"])
     import gin
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gin.clear_config()
     if not _use_cpu_devices(n):
       if os.environ.get(_CHILD_ENV):
-        raise ValueError(f"Could not get {n} simulated CPU devices.")
+        raise UserError(f"Could not get {n} simulated CPU devices.")
       return _rerun_in_subprocess(argv, n)
     report = make_plan(argv)
   except ValueError as e:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from t5x_ext.errors import UserError
 from t5x_ext.modes import FAMILY_MODES, UL2_MODES
 
 FAMILIES = ("R", "X", "S")
@@ -55,14 +56,14 @@ def family_column(family: str, family_prefix: str = "matching") -> str:
     ValueError: an unknown family or prefix.
   """
   if family not in FAMILY_MODES:
-    raise ValueError(f"family={family!r} is not one of {FAMILIES}")
+    raise UserError(f"family={family!r} is not one of {FAMILIES}")
   if family_prefix == "matching":
     return FAMILY_MODES[family]
   if family_prefix in ("none", ""):
     return "none"
   if family_prefix in COLUMNS:
     return family_prefix
-  raise ValueError(f"family_prefix={family_prefix!r}: use 'matching', 'none' or one of {COLUMNS}")
+  raise UserError(f"family_prefix={family_prefix!r}: use 'matching', 'none' or one of {COLUMNS}")
 
 
 def teacher_forced(trainer: Any, params: Any, batches: Iterable[Mapping]) -> dict[str, float]:

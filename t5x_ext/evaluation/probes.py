@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from t5x_ext.errors import UserError
 from t5x_ext.modes import MODE_NLU, MODE_S2S
 from t5x_ext.training import partitioning
 
@@ -42,7 +43,7 @@ def probe_tasks(prefix: str = "matching", corpus: str = "pydocs") -> dict[str, s
   from tasks import vocab as vocab_lib
 
   if prefix not in ("matching", "none"):
-    raise ValueError(f"probe prefix={prefix!r}: use 'matching' or 'none'")
+    raise UserError(f"probe prefix={prefix!r}: use 'matching' or 'none'")
   matching = prefix == "matching"
   voc = eval_tasks.corpus_task(corpus).output_features["targets"].vocabulary
   tag = "" if voc == vocab_lib.default_vocabulary() else corpus

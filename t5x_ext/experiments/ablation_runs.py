@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from t5x_ext.errors import UserError
 from t5x_ext.model import models
 
 ENCODER_DECODER = "encoder_decoder"
@@ -133,7 +134,7 @@ def get_run(name: str) -> RunSpec:
     ValueError: naming the known runs.
   """
   if name not in RUNS:
-    raise ValueError(f"unknown ablation run {name!r}; known runs: {sorted(RUNS)}")
+    raise UserError(f"unknown ablation run {name!r}; known runs: {sorted(RUNS)}")
   return RUNS[name]
 
 
@@ -154,7 +155,7 @@ def decoder_only_twin(
   """
   cfg = model.config
   if cfg.decoder_only:
-    raise ValueError("the ablation's model must be an encoder-decoder (its MODEL)")
+    raise UserError("the ablation's model must be an encoder-decoder (its MODEL)")
   twin = dataclasses.replace(
     cfg,
     decoder_only=True,

@@ -42,6 +42,7 @@ import flax.linen as nn
 import ml_dtypes
 import numpy as np
 
+from t5x_ext.errors import UserError
 from t5x_ext.hf import names
 from t5x_ext.hf.flax_params import config_to_spec
 from t5x_ext.hf.hf_config import CONFIG_FILE, to_hf_config
@@ -76,10 +77,10 @@ def parse_size(size: int | str) -> int:
   else:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(size))
     if not m or m.group(2).upper() not in _UNITS:
-      raise ValueError(f"max_shard_size={size!r}: expected e.g. '5GB', '500MB', '2GiB' or bytes")
+      raise UserError(f"max_shard_size={size!r}: expected e.g. '5GB', '500MB', '2GiB' or bytes")
     value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
   if value <= 0:
-    raise ValueError(f"max_shard_size={size!r} must be positive")
+    raise UserError(f"max_shard_size={size!r} must be positive")
   return value
 
 
@@ -121,7 +122,7 @@ def _check_params(params: Mapping[str, Any], tensors: list[names.MappedTensor]) 
   for t in tensors:
     shape = tuple(names.get_param(params, t.path).shape)
     if shape != t.shape:
-      raise ValueError(
+      raise UserError(
         f"parameter {'/'.join(t.path)} has shape {shape}, the config implies {t.shape} "
         f"(Transformers {t.hf_name} {t.hf_shape})"
       )
@@ -200,7 +201,7 @@ def export_hf_t5(
   """
   config, eos_id = _config_and_eos(model_or_config)
   if dtype not in DTYPES:
-    raise ValueError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+    raise UserError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
   max_bytes = parse_size(max_shard_size)
   if set(params) == {"params"}:
     params = params["params"]
@@ -332,7 +333,7 @@ def model_from_gin(gin_files: list[str], bindings: list[str] = ()) -> Any:
   cli.parse_gin(gin_files, bindings)
   ref = cli.macro_value("MODEL")
   if not isinstance(ref, gin.config.ConfigurableReference):
-    raise ValueError(f"the gin files {gin_files} do not bind MODEL = @models....Model()")
+    raise UserError(f"the gin files {gin_files} do not bind MODEL = @models....Model()")
   return ref.scoped_configurable_fn()
 
 

@@ -33,6 +33,7 @@ import jax
 import optax
 from etils import epath
 
+from t5x_ext.errors import UserError
 from t5x_ext.peft import adapters_io, lora
 from t5x_ext.peft.trainer import LoraTrainer
 from t5x_ext.training import checkpointing, loop, optimizers, partitioning
@@ -68,7 +69,7 @@ def _optimizer(optimizer, learning_rate) -> optax.GradientTransformation:
     return optimizer
   if callable(optimizer):  # a factory such as gin's `@optimizers.make_optimizer`
     return optimizer(learning_rate=learning_rate)
-  raise ValueError(f"optimizer = {optimizer!r}: expected an optax transformation or a factory.")
+  raise UserError(f"optimizer = {optimizer!r}: expected an optax transformation or a factory.")
 
 
 def state_to_tree(state: TrainState) -> dict[str, Any]:
@@ -231,7 +232,7 @@ def finetune_lora(
   shard_id, num_shards = partitioning.process_batch_shard(mesh)
   if batches is None:
     if mixture_or_task_name is None or task_feature_lengths is None:
-      raise ValueError("finetune_lora needs mixture_or_task_name and task_feature_lengths.")
+      raise UserError("finetune_lora needs mixture_or_task_name and task_feature_lengths.")
     from t5x_ext.data import pipeline  # data side (TensorFlow): only when a task is read
 
     batches = pipeline.get_batches(
@@ -266,7 +267,7 @@ def finetune_lora(
   if found is not None and epath.Path(found[0]) == epath.Path(adapters_io.absolute(model_dir)):
     record = found[1]
     if lora.LoraConfig.from_json(record["lora"]) != config:
-      raise ValueError(
+      raise UserError(
         f"{model_dir} holds adapters with LoraConfig {record['lora']}, not {config.to_json()}."
       )
     adapters_io.check_base(record, base, where=model_dir)

@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from t5x_ext.errors import UserError
 from t5x_ext.peft import adapters_io, lora
 from t5x_ext.peft.trainer import LoraTrainer
 from t5x_ext.training import checkpointing, memory_plan, partitioning
@@ -125,7 +126,7 @@ def _model_from_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> Any:
   cli.parse_gin(gin_files, bindings)
   ref = cli.macro_value("MODEL")
   if not isinstance(ref, gin.config.ConfigurableReference):
-    raise ValueError(f"the gin files {list(gin_files)} do not bind MODEL = @models....Model()")
+    raise UserError(f"the gin files {list(gin_files)} do not bind MODEL = @models....Model()")
   return ref.scoped_configurable_fn()
 
 

@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from t5x_ext.errors import UserError
 from t5x_ext.model import network
 
 _BLOCK = re.compile(r"^([A-Za-z_][\w./]*)\s*:\s*$")
@@ -178,7 +179,7 @@ def infer_config(
   }
   for name, what in need.items():
     if name not in shapes:
-      raise ValueError(
+      raise UserError(
         f"{what} ({name}) is not in the checkpoint: is it a T5/UL2 encoder-decoder? "
         "(decoder-only T5X checkpoints are not supported)"
       )
@@ -214,7 +215,7 @@ def infer_config(
   for field, keys in checks.items():
     value = gin.get(*keys)
     if value is not None and value != fields[field]:
-      raise ValueError(
+      raise UserError(
         f"config.gin binds {keys[0] if gin.get(keys[0]) is not None else keys[-1]} = {value!r}, "
         f"but the checkpoint's shapes give {field} = {fields[field]!r}"
       )
@@ -226,7 +227,7 @@ def infer_config(
     acts = ("gelu", "linear") if gated else ("relu",)
     notes["activations"] = "default for the MLP's shape (no config.gin binding)"
   if gated != (len(acts) > 1):
-    raise ValueError(
+    raise UserError(
       f"config.gin's MLP activations {acts!r} do not fit the checkpoint's "
       f"{'gated (wi_0, wi_1)' if gated else 'plain (wi)'} MLP"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+from t5x_ext.errors import UserError
 from t5x_ext.model.flops import (
   decoder_length,
   flops_per_token,
@@ -121,7 +122,7 @@ def total_peak_flops(
   """
   if peak_per_device is not None:
     if not peak_per_device > 0:
-      raise ValueError(f"PEAK_FLOPS_PER_DEVICE = {peak_per_device!r}: must be > 0 (FLOP/s).")
+      raise UserError(f"PEAK_FLOPS_PER_DEVICE = {peak_per_device!r}: must be > 0 (FLOP/s).")
     return float(peak_per_device) * num_devices, None
   peak = peak_flops_per_device(device_kind)
   if peak is None:

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5x_ext.errors import UserError
+
 LearningRate = float | Callable[[jax.Array], jax.Array]
 
 
@@ -55,9 +57,9 @@ def adafactor(
     An optax GradientTransformation.
   """
   if not 0 < decay_rate:
-    raise ValueError(f"decay_rate = {decay_rate!r}: must be > 0 (T5 uses 0.8).")
+    raise UserError(f"decay_rate = {decay_rate!r}: must be > 0 (T5 uses 0.8).")
   if clipping_threshold is not None and clipping_threshold <= 0:
-    raise ValueError(f"clipping_threshold = {clipping_threshold!r}: must be > 0 or None.")
+    raise UserError(f"clipping_threshold = {clipping_threshold!r}: must be > 0 or None.")
   tx = optax.adafactor(
     learning_rate=learning_rate,
     min_dim_size_to_factor=min_dim_size_to_factor,
@@ -158,7 +160,7 @@ def adamw(
     An optax GradientTransformation.
   """
   if weight_decay < 0:
-    raise ValueError(f"weight_decay = {weight_decay!r}: must be >= 0.")
+    raise UserError(f"weight_decay = {weight_decay!r}: must be >= 0.")
   mask = None if decay_vectors else _matrices_only
   return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
 
@@ -188,12 +190,12 @@ def make_optimizer(
     ValueError: on an unknown name or a non-positive `grad_clip`.
   """
   if name not in _OPTIMIZERS:
-    raise ValueError(f"optimizer name = {name!r}: must be one of {sorted(_OPTIMIZERS)}.")
+    raise UserError(f"optimizer name = {name!r}: must be one of {sorted(_OPTIMIZERS)}.")
   tx = _OPTIMIZERS[name](learning_rate, **kwargs)
   if grad_clip is None:
     return tx
   if not grad_clip > 0:
-    raise ValueError(f"grad_clip = {grad_clip!r}: must be > 0 or None.")
+    raise UserError(f"grad_clip = {grad_clip!r}: must be > 0 or None.")
   return optax.chain(optax.clip_by_global_norm(grad_clip), tx)
 
 
@@ -246,7 +248,7 @@ def accumulation_weighting(loss_normalizing_factor: Any = None) -> str:
     loss_normalizing_factor, bool
   ):
     return "sum"
-  raise ValueError(
+  raise UserError(
     f"loss_normalizing_factor = {loss_normalizing_factor!r}: no accumulation weighting for it."
   )
 
@@ -292,7 +294,7 @@ def accumulate_gradients(
     ValueError: if the batch size does not divide by `num_microbatches`, or an unknown weighting.
   """
   if weighting not in _WEIGHTINGS:
-    raise ValueError(f"weighting = {weighting!r}: must be one of {_WEIGHTINGS}.")
+    raise UserError(f"weighting = {weighting!r}: must be one of {_WEIGHTINGS}.")
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if not num_microbatches or num_microbatches == 1:
     (loss, aux), grads = grad_fn(params, batch, rng)
@@ -300,7 +302,7 @@ def accumulate_gradients(
 
   batch_size = jax.tree.leaves(batch)[0].shape[0]
   if num_microbatches < 1 or batch_size % num_microbatches:
-    raise ValueError(
+    raise UserError(
       f"num_microbatches = {num_microbatches} does not divide the batch size {batch_size}."
     )
   m, mb = num_microbatches, batch_size // num_microbatches

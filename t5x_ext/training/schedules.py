@@ -15,12 +15,14 @@ import math
 
 import jax.numpy as jnp
 
+from t5x_ext.errors import UserError
+
 
 def _check(name: str, value, *, positive: bool = False) -> None:
   if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-    raise ValueError(f"{name} = {value!r}: must be a number.")
+    raise UserError(f"{name} = {value!r}: must be a number.")
   if value < 0 or (positive and value == 0):
-    raise ValueError(f"{name} = {value!r}: must be {'> 0' if positive else '>= 0'}.")
+    raise UserError(f"{name} = {value!r}: must be {'> 0' if positive else '>= 0'}.")
 
 
 def _linear_warmup(step, warmup_steps: int, init: float, peak: float):
@@ -108,7 +110,7 @@ def cosine_schedule(
   _check("warmup_steps", warmup_steps)
   _check("final_learning_rate", final_learning_rate)
   if warmup_steps >= total_steps:
-    raise ValueError(f"warmup_steps = {warmup_steps} must be < total_steps = {total_steps}.")
+    raise UserError(f"warmup_steps = {warmup_steps} must be < total_steps = {total_steps}.")
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
@@ -172,7 +174,7 @@ def warmup_stable_decay_schedule(
   ]:
     _check(name, value)
   if decay_shape not in _DECAY_SHAPES:
-    raise ValueError(f"decay_shape = {decay_shape!r}: must be one of {_DECAY_SHAPES}.")
+    raise UserError(f"decay_shape = {decay_shape!r}: must be one of {_DECAY_SHAPES}.")
 
   def schedule(step):
     t = jnp.asarray(step, jnp.float32) - start_step

@@ -40,7 +40,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from t5x_ext.errors import DivergedError
+from t5x_ext.errors import DivergedError, UserError
 from t5x_ext.training import hosts, optimizers, partitioning
 
 # Features the data side adds for metrics only; the networks never see them.
@@ -133,7 +133,7 @@ class Trainer:
       dropout_seed: seed of the dropout rng (folded with the step, so resuming is exact).
     """
     if not isinstance(num_microbatches, int) or num_microbatches < 1:
-      raise ValueError(f"num_microbatches = {num_microbatches!r}: must be a positive int.")
+      raise UserError(f"num_microbatches = {num_microbatches!r}: must be a positive int.")
     self.model = model
     self.tx = tx
     self.mesh = mesh
