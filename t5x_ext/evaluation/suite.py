@@ -59,14 +59,14 @@ ZERO_SHOT_INPUTS = 256
 def _check(parts: Sequence[str], family_prefix: str, batch_size: int, max_eval_batches) -> None:
   unknown = [p for p in parts if p not in PARTS]
   if unknown:
-    raise UserError(f"parts = {tuple(parts)!r}: unknown {unknown}; choose from {PARTS}.")
+    raise UserError(f"EVAL_SUITE_PARTS = {tuple(parts)!r}: unknown {unknown}; choose from {PARTS}.")
   mode_matrix.family_column("R", family_prefix)  # raises on a bad value
   if not isinstance(batch_size, int) or batch_size < 1:
-    raise UserError(f"batch_size = {batch_size!r}: must be a positive int.")
+    raise UserError(f"BATCH_SIZE = {batch_size!r}: must be a positive int.")
   if max_eval_batches is not None and (
     not isinstance(max_eval_batches, int) or max_eval_batches < 1
   ):
-    raise UserError(f"max_eval_batches = {max_eval_batches!r}: must be a positive int or None.")
+    raise UserError(f"MAX_EVAL_BATCHES = {max_eval_batches!r}: must be a positive int or None.")
 
 
 def _family_batches(

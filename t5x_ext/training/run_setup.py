@@ -116,7 +116,7 @@ def prepare(
   dp = partitioning.data_parallel_size(mesh)
   if num_microbatches > 1 and (batch_size // num_microbatches) % dp:
     raise UserError(
-      f"num_microbatches = {num_microbatches}: microbatches of {batch_size // num_microbatches} "
+      f"NUM_MICROBATCHES = {num_microbatches}: microbatches of {batch_size // num_microbatches} "
       f"rows do not divide over the data-parallel size {dp}."
     )
   provider = run_data.get_provider(mixture_or_task_name)

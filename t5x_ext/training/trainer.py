@@ -133,7 +133,7 @@ class Trainer:
       dropout_seed: seed of the dropout rng (folded with the step, so resuming is exact).
     """
     if not isinstance(num_microbatches, int) or num_microbatches < 1:
-      raise UserError(f"num_microbatches = {num_microbatches!r}: must be a positive int.")
+      raise UserError(f"NUM_MICROBATCHES = {num_microbatches!r}: must be a positive int.")
     self.model = model
     self.tx = tx
     self.mesh = mesh
