@@ -6,7 +6,6 @@ The benchmarks print one JSON object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -63,14 +62,10 @@ def load_gin_model(gin_files: list[str], bindings: list[str]):
   Returns:
     The model object (e.g. `t5x_ext.model.models.EncoderDecoderModel`).
   """
-  import gin
-  from t5x_ext.launch import flags as cli
+  from t5x_ext.launch import flags
 
-  # As the entry points parse: files looked up in the working directory, then the gin
-  # search path (so `models/t5_1_1/small.gin` works from anywhere), includes resolved on
-  # that path without gin's "Path not found" noise; a file that is nowhere still fails.
-  cli.parse_gin(gin_files, bindings)
-  return copy.deepcopy(gin.query_parameter("MODEL/macro.value"))  # evaluates the reference
+  # Parsed as the entry points parse (working directory, then the gin search path).
+  return flags.model_from_gin(gin_files, bindings)
 
 
 def log(msg: str) -> None:

@@ -14,7 +14,6 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 from hf_util import UL2, tokens  # noqa: E402
 
-import gin  # noqa: E402
 from t5x_ext.hf import convert, load_hf_t5, torch_reference  # noqa: E402
 from t5x_ext.model import models  # noqa: E402
 from t5x_ext.training import checkpointing
@@ -28,10 +27,11 @@ def hf_dir(tmp_path):
 
 
 def _model_from_gin(path, **bindings):
-  gin.parse_config_files_and_bindings(
+  from t5x_ext.launch import flags
+
+  return flags.model_from_gin(
     [str(path)], [f"network.TransformerConfig.{k} = {v!r}" for k, v in bindings.items()]
   )
-  return gin.query_parameter("%MODEL").scoped_configurable_fn()
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])

@@ -25,6 +25,7 @@ from hf_util import T5_1_0, T5_1_1, UL2  # noqa: E402
 
 from t5x_ext.hf import convert, export, hf_config, load_hf_params, torch_reference  # noqa: E402
 from t5x_ext.hf.safetensors_io import INDEX_FILE, read_state_dict  # noqa: E402
+from t5x_ext.launch import flags  # noqa: E402
 from t5x_ext.model import (  # noqa: E402
   models,
   network,
@@ -280,7 +281,7 @@ def test_export_cli_from_a_model_dir(tmp_path, spm_path):
   model_dir = tmp_path / "run"
   model_dir.mkdir()
   (model_dir / "config.gin").write_text(gin.config_str())
-  model = export.model_from_gin([str(model_dir / "config.gin")])
+  model = flags.model_from_gin([str(model_dir / "config.gin")])
   gin.clear_config()
   _, params = _model_and_params(model.config, seed=4)
   ckpt = checkpointing.Checkpointer(model_dir, handle_sigterm=False)

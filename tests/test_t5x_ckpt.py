@@ -23,6 +23,7 @@ from t5x_ckpt_util import (
 )
 
 import gin
+from t5x_ext.launch import flags
 from t5x_ext.model import network
 from t5x_ext.t5x_ckpt import (
   GinValues,
@@ -195,8 +196,7 @@ def test_convert_writes_params_and_model_gin(tmp_path, params, naming, text, sca
   assert convert.main(args + (["--scan_layers"] if scan_layers else [])) == 0
   assert (out / "t5x_config.gin").read_text() == text
   gin.clear_config()
-  gin.parse_config_files_and_bindings([str(out / "model.gin")], [])
-  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  model = flags.model_from_gin([str(out / "model.gin")])
   gin.clear_config()
   # Everything the shapes cannot tell came from config.gin.
   assert model.config.activations == ("silu", "linear")
@@ -289,10 +289,7 @@ def test_released_ul2_20b_layout_fits_the_ul2_20b_gin_model():
       stored[f"{prefix}/mlp/wo/kernel"] = (f, d)
   refs = {n: _ShapeOnly(n, s) for n, s in stored.items()}
   gin.clear_config()
-  from t5x_ext.launch import flags as cli
-
-  cli.parse_gin(["models/ul2/ul2_20b.gin"], [])
-  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  model = flags.model_from_gin(["models/ul2/ul2_20b.gin"])
   gin.clear_config()
   views = names.source_views(refs)
   config, _ = convert.gin_values.infer_config(

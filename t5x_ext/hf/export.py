@@ -314,29 +314,6 @@ def find_gin_file(checkpoint: str | pathlib.Path) -> pathlib.Path:
   )
 
 
-def model_from_gin(gin_files: list[str], bindings: list[str] = ()) -> Any:
-  """Builds the gin macro `MODEL` of the given files (the convention of gin/models/).
-
-  Args:
-    gin_files: gin files (the project's search path resolves `include`s).
-    bindings: extra bindings.
-
-  Returns:
-    The model object.
-
-  Raises:
-    ValueError: when the files do not bind `MODEL`.
-  """
-  import gin
-  from t5x_ext.launch import flags as cli
-
-  cli.parse_gin(gin_files, bindings)
-  ref = cli.macro_value("MODEL")
-  if not isinstance(ref, gin.config.ConfigurableReference):
-    raise UserError(f"the gin files {gin_files} do not bind MODEL = @models....Model()")
-  return ref.scoped_configurable_fn()
-
-
 def abstract_params(model: Any, dtype: str) -> Any:
   """The model's params as ShapeDtypeStructs in `dtype` (the restore target), unboxed."""
   import jax
@@ -390,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
 
     mode_ids = json.loads(args.mode_token_ids) if args.mode_token_ids else None
     gin_files = args.gin_files or [str(find_gin_file(args.checkpoint))]
-    model = model_from_gin(gin_files, args.gin_bindings)
+    from t5x_ext.launch import flags
+
+    model = flags.model_from_gin(gin_files, args.gin_bindings)
     _config_and_eos(model)  # refuse decoder-only models before reading any weights
     checkpoint = args.checkpoint
     if os.path.exists(checkpoint):  # a local path; Orbax misreads relative ones

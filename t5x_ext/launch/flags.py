@@ -256,6 +256,31 @@ def macro_value(name: str, default: Any = None) -> Any:
     return default
 
 
+def model_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Any:
+  """Builds the gin macro `MODEL` of the given files (the convention of gin/models/).
+
+  The one way the library and its tools (hf export, lm_eval, bench) get a model from gin.
+
+  Args:
+    gin_files: gin files (looked up as the entry points do: the working directory, then the
+      gin search path, which also resolves `include`s).
+    bindings: extra `KEY=VALUE` bindings, applied after the files.
+
+  Returns:
+    The model object (e.g. `t5x_ext.model.models.EncoderDecoderModel`).
+
+  Raises:
+    UserError: when the files do not bind `MODEL`.
+  """
+  parse_gin(list(gin_files), list(bindings))
+  ref = macro_value("MODEL")
+  if not isinstance(ref, gin.config.ConfigurableReference):
+    raise errors.UserError(
+      f"the gin files {list(gin_files)} do not bind MODEL = @models....Model()"
+    )
+  return ref.scoped_configurable_fn()
+
+
 def _is_required_marker(value: Any) -> bool:
   return isinstance(value, gin.config.ConfigurableReference) and str(value) == "%gin.REQUIRED"
 

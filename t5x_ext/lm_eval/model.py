@@ -65,6 +65,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from t5x_ext.errors import UserError
 from t5x_ext.lm_eval import layout as layout_lib
 from t5x_ext.model import losses
 from t5x_ext.modes import UL2_MODES
@@ -139,33 +140,10 @@ def find_gin_file(checkpoint: str) -> str:
   )
 
 
-def model_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Any:
-  """The gin macro `MODEL` of the given files (the convention of gin/models/).
-
-  Args:
-    gin_files: gin files (the project's search path resolves `include`s).
-    bindings: extra bindings.
-
-  Returns:
-    The model object.
-
-  Raises:
-    ValueError: when the files do not bind `MODEL`.
-  """
-  import gin
-  from t5x_ext.launch import flags
-
-  flags.parse_gin(list(gin_files), list(bindings))
-  ref = flags.macro_value("MODEL")
-  if not isinstance(ref, gin.config.ConfigurableReference):
-    raise ValueError(f"the gin files {list(gin_files)} do not bind MODEL = @models....Model()")
-  return ref.scoped_configurable_fn()
-
-
 def _gin_files(gin_file: Any, checkpoint: str | None) -> list[str]:
   if gin_file is None:
     if checkpoint is None:
-      raise ValueError("gin_file: no model gin file and no checkpoint to find one beside")
+      raise UserError("gin_file: no model gin file and no checkpoint to find one beside")
     return [find_gin_file(checkpoint)]
   if isinstance(gin_file, str):
     return [f for f in gin_file.split("+") if f]
@@ -190,7 +168,7 @@ def parse_mesh_shape(value: Any) -> dict[str, int] | None:
   for part in str(value).split("+"):
     axis, sep, size = part.partition(":")
     if not sep:
-      raise ValueError(f"mesh_shape={value!r}: expected AXIS:SIZE+AXIS:SIZE, e.g. data:4+model:2")
+      raise UserError(f"mesh_shape={value!r}: expected AXIS:SIZE+AXIS:SIZE, e.g. data:4+model:2")
     out[axis.strip()] = int(size)
   return out
 
@@ -329,24 +307,26 @@ class T5xExtLM(LM):
     if unknown:
       raise TypeError(f"t5x_ext: unknown model arguments {sorted(unknown)}")
     if mode_prefix not in NO_MODE and mode_prefix not in UL2_MODES:
-      raise ValueError(f"mode_prefix={mode_prefix!r}: expected [NLU], [NLG], [S2S] or none")
+      raise UserError(f"mode_prefix={mode_prefix!r}: expected [NLU], [NLG], [S2S] or none")
     if model is None:
-      model = model_from_gin(_gin_files(gin_file, checkpoint), _as_list(gin_bindings))
+      from t5x_ext.launch import flags
+
+      model = flags.model_from_gin(_gin_files(gin_file, checkpoint), _as_list(gin_bindings))
     if params is None and checkpoint is None:
-      raise ValueError("t5x_ext needs checkpoint=... (or params in Python)")
+      raise UserError("t5x_ext needs checkpoint=... (or params in Python)")
     self.model = model
     self.vocabulary = load_vocabulary(
       vocabulary, task, extra_ids=extra_ids, task_module=task_module
     )
     if self.vocabulary.vocab_size > model.config.vocab_size:
-      raise ValueError(
+      raise UserError(
         f"the vocabulary has {self.vocabulary.vocab_size} ids but the model "
         f"{model.config.vocab_size}"
       )
     try:
       self.batch_size = int(batch_size)
     except ValueError:
-      raise ValueError(f"batch_size={batch_size!r}: an int (no 'auto')") from None
+      raise UserError(f"batch_size={batch_size!r}: an int (no 'auto')") from None
     converter = model.feature_converter_name
     if context_eos is None:
       context_eos = converter != layout_lib.CAUSAL_LM
@@ -390,7 +370,7 @@ class T5xExtLM(LM):
           model, probe, checkpoint, mesh_shape=mesh_shape, logical_axis_rules=logical_axis_rules
         )
       except ValueError as e:
-        raise ValueError(_adapters_hint(checkpoint, e)) from e
+        raise UserError(_adapters_hint(checkpoint, e)) from e
     else:
       import optax
 

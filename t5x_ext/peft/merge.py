@@ -31,7 +31,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from t5x_ext.errors import UserError
 from t5x_ext.peft import adapters_io, lora
 from t5x_ext.peft.trainer import LoraTrainer
 from t5x_ext.training import checkpointing, memory_plan, partitioning
@@ -119,17 +118,6 @@ def _find_gin(path: str) -> str:
   )
 
 
-def _model_from_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> Any:
-  import gin
-  from t5x_ext.launch import flags as cli
-
-  cli.parse_gin(gin_files, bindings)
-  ref = cli.macro_value("MODEL")
-  if not isinstance(ref, gin.config.ConfigurableReference):
-    raise UserError(f"the gin files {list(gin_files)} do not bind MODEL = @models....Model()")
-  return ref.scoped_configurable_fn()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line (see the module docstring).
 
@@ -150,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   gin_files = args.gin_file or [_find_gin(args.adapters)]
   gin.clear_config()
-  model = _model_from_gin(gin_files, args.gin_bindings)
+  from t5x_ext.launch import flags
+
+  model = flags.model_from_gin(gin_files, args.gin_bindings)
   params_dir = merge_checkpoint(model, args.adapters, args.output_dir, base=args.base)
   (epath.Path(args.output_dir) / MODEL_GIN).write_text(gin.config_str())
   if jax.process_index() == 0:
