@@ -31,6 +31,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_ext import objectives
+from t5x_ext.errors import UserError
 from tasks import corpus, finetune, metrics, pretraining, vocab
 
 VERSION = "v1"
@@ -54,10 +55,10 @@ def family_denoisers(
     ValueError: for an unknown family or a family with no denoiser in `denoisers`.
   """
   if family not in FAMILY_MODES:
-    raise ValueError(f"family={family!r} is not one of {tuple(FAMILY_MODES)}")
+    raise UserError(f"family={family!r} is not one of {tuple(FAMILY_MODES)}")
   out = tuple(dataclasses.replace(d, mode="") for d in denoisers if d.mode == FAMILY_MODES[family])
   if not out:
-    raise ValueError(f"No denoiser of family {family!r} (mode {FAMILY_MODES[family]}).")
+    raise UserError(f"No denoiser of family {family!r} (mode {FAMILY_MODES[family]}).")
   return out
 
 
@@ -77,7 +78,7 @@ def corpus_task(corpus_name: str) -> seqio.Task:
   for name in names:
     if name in seqio.TaskRegistry.names():
       return seqio.get_mixture_or_task(name)
-  raise ValueError(
+  raise UserError(
     f"corpus={corpus_name!r}: none of {names[:3]}... is registered; register the corpus with "
     "tasks.register_text_files / tasks.pretraining.register_objectives first."
   )
@@ -226,12 +227,12 @@ def rank_rows(
     ValueError: a target is not a label, or too few demonstrations.
   """
   if num_shots and len(demonstrations) < num_shots:
-    raise ValueError(f"num_shots={num_shots} but only {len(demonstrations)} demonstrations")
+    raise UserError(f"num_shots={num_shots} but only {len(demonstrations)} demonstrations")
   rng = random.Random(seed)
   rows = []
   for idx, ex in enumerate(examples):
     if ex["targets"] not in labels:
-      raise ValueError(f"example {idx}: target {ex['targets']!r} is not one of {list(labels)}")
+      raise UserError(f"example {idx}: target {ex['targets']!r} is not one of {list(labels)}")
     shots = rng.sample(list(demonstrations), num_shots) if num_shots else []
     context = "".join(
       f"{d['inputs'][:shot_max_chars]}{answer_prefix} {d['targets']} " for d in shots
@@ -268,7 +269,7 @@ def keep_inputs_end(dataset, sequence_length, output_features, reserve: int = 0)
   del output_features
   keep = int(sequence_length["inputs"]) - 1 - reserve
   if keep < 1:
-    raise ValueError(f"inputs length {sequence_length['inputs']} leaves no room for the input")
+    raise UserError(f"inputs length {sequence_length['inputs']} leaves no room for the input")
 
   def fn(ex):
     ex = dict(ex)
@@ -312,7 +313,7 @@ def register_rank_classification(
   """
   task_name = rank_task_name(name, num_shots, mode)
   if mode not in objectives.MODES:
-    raise ValueError(f"task {task_name!r}: mode={mode!r} is not one of {objectives.MODES}")
+    raise UserError(f"task {task_name!r}: mode={mode!r} is not one of {objectives.MODES}")
   voc = vocabulary or vocab.default_vocabulary()
   labels = tuple(labels)
 
@@ -437,7 +438,7 @@ def first_sentence_examples(split: str) -> list[dict]:
     `{"rest", "first"}` dicts in corpus order, duplicates dropped.
   """
   if split not in corpus.SPLITS:
-    raise ValueError(f"split={split!r} is not one of {corpus.SPLITS}")
+    raise UserError(f"split={split!r} is not one of {corpus.SPLITS}")
   seen = {p for p, _, _ in _split_paragraphs("train")} if split != "train" else set()
   out = []
   for para, first, rest in _split_paragraphs(split):
@@ -483,7 +484,7 @@ def register_first_sentence(
   suffix = "" if mode == objectives.MODE_S2S else f"_{_slug(mode)}"
   name = f"pydocs_first_sentence{suffix}{'_' + tag if tag else ''}_{VERSION}"
   if mode not in objectives.MODES:
-    raise ValueError(f"task {name!r}: mode={mode!r} is not one of {objectives.MODES}")
+    raise UserError(f"task {name!r}: mode={mode!r} is not one of {objectives.MODES}")
   pretraining.register_task(
     name,
     source=corpus.InMemorySource(_first_sentence_dataset, corpus.SPLITS),
@@ -528,7 +529,7 @@ def register_topic_classification(
     return finetune.register_pydocs_topic(mode=mode)
   name = f"pydocs_topic_classification_{_slug(mode)}{'_' + tag if tag else ''}_{VERSION}"
   if mode not in objectives.MODES:
-    raise ValueError(f"task {name!r}: mode={mode!r} is not one of {objectives.MODES}")
+    raise UserError(f"task {name!r}: mode={mode!r} is not one of {objectives.MODES}")
   pretraining.register_task(
     name,
     source=corpus.InMemorySource(_topic_text_dataset, corpus.SPLITS),

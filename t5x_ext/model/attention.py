@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from t5x_ext.errors import UserError
 from t5x_ext.model import axes
 
 Array = jax.Array
@@ -161,7 +162,7 @@ def choose(
   """
   requested = "xla" if requested is None else requested
   if requested not in IMPLEMENTATIONS:
-    raise ValueError(f"attention_implementation={requested!r}: expected one of {IMPLEMENTATIONS}")
+    raise UserError(f"attention_implementation={requested!r}: expected one of {IMPLEMENTATIONS}")
   if requested == "xla":
     return "xla", "attention_implementation='xla'" + _chunk_note(chunk_size, "xla", q_len)
   dt = jnp.dtype(dtype)
@@ -172,7 +173,7 @@ def choose(
   if requested != "auto":
     blockers = why_not[requested]
     if blockers:
-      raise ValueError(
+      raise UserError(
         f"TransformerConfig.attention_implementation={requested!r} cannot run this attention "
         f"call on backend {platform!r}: {'; '.join(blockers)}. Use 'auto' (picks a kernel "
         "where the call qualifies, XLA otherwise) or 'xla'."

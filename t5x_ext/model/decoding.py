@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_ext.errors import UserError
+
 Array = jax.Array
 StepFn = Callable[[Array, Any, Array], tuple[Array, Any]]
 
@@ -91,11 +93,11 @@ def sample_decode(
     int32 [B, T] tokens; after EOS, zeros.
   """
   if decode_len < 1:
-    raise ValueError(f"decode_len={decode_len} must be >= 1")
+    raise UserError(f"decode_len={decode_len} must be >= 1")
   if temperature < 0:
-    raise ValueError(f"temperature={temperature} must be >= 0")
+    raise UserError(f"temperature={temperature} must be >= 0")
   if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    raise UserError(f"top_p={top_p} must be in (0, 1]")
   greedy = temperature == 0.0
   if rng is None:
     rng = jax.random.PRNGKey(0)
@@ -176,9 +178,9 @@ def beam_search(
     (int32 [B, T] best sequences, EOS then zeros; float32 [B] their scores).
   """
   if beam_size < 1:
-    raise ValueError(f"beam_size={beam_size} must be >= 1")
+    raise UserError(f"beam_size={beam_size} must be >= 1")
   if decode_len < 1:
-    raise ValueError(f"decode_len={decode_len} must be >= 1")
+    raise UserError(f"decode_len={decode_len} must be >= 1")
   k = beam_size
   n, v = first_logits_NV.shape
   b = n // k

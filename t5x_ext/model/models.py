@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_ext.errors import UserError
 from t5x_ext.model import decoding, flops, layers, losses
 from t5x_ext.model.network import (
   PREFILL,
@@ -87,12 +88,12 @@ class BaseModel:
     if not isinstance(config, TransformerConfig):
       raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
     if z_loss < 0:
-      raise ValueError(f"z_loss={z_loss} must be >= 0")
+      raise UserError(f"z_loss={z_loss} must be >= 0")
     if not 0.0 <= label_smoothing < 1.0:
-      raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+      raise UserError(f"label_smoothing={label_smoothing} must be in [0, 1)")
     losses.check_normalizing_factor(loss_normalizing_factor)
     if not 0 <= eos_id < config.vocab_size:
-      raise ValueError(f"eos_id={eos_id} is outside the vocabulary (size {config.vocab_size})")
+      raise UserError(f"eos_id={eos_id} is outside the vocabulary (size {config.vocab_size})")
     self.config = config
     self.z_loss = float(z_loss)
     self.label_smoothing = float(label_smoothing)
@@ -140,7 +141,7 @@ class BaseModel:
     """
     for name in self._required_features():
       if name not in batch:
-        raise ValueError(f"{type(self).__name__} needs batch feature {name!r}; got {sorted(batch)}")
+        raise UserError(f"{type(self).__name__} needs batch feature {name!r}; got {sorted(batch)}")
     self._check_token_ids(batch)
 
   def _check_token_ids(self, batch: Batch) -> None:
@@ -152,7 +153,7 @@ class BaseModel:
         continue
       arr = value
       if arr.size and (arr.max() >= self.config.vocab_size or arr.min() < 0):
-        raise ValueError(
+        raise UserError(
           f"batch[{name!r}] has token ids in [{arr.min()}, {arr.max()}] but "
           f"TransformerConfig.vocab_size={self.config.vocab_size}; the vocabulary "
           "must cover every id (set vocab_size / VOCAB_SIZE >= the vocabulary's size)"
@@ -316,7 +317,7 @@ class BaseModel:
       int32 [B, decode_len]: tokens, EOS, then zeros.
     """
     if method not in PREDICT_METHODS:
-      raise ValueError(f"method={method!r}: expected one of {PREDICT_METHODS}")
+      raise UserError(f"method={method!r}: expected one of {PREDICT_METHODS}")
     if decode_len < 1:
       raise ValueError(f"decode_len={decode_len} must be >= 1")
     if "decoder_segment_ids" in batch or "encoder_segment_ids" in batch:
@@ -448,7 +449,7 @@ class EncoderDecoderModel(BaseModel):
 
   def _make_module(self) -> nn.Module:
     if self.config.decoder_only:
-      raise ValueError("EncoderDecoderModel needs TransformerConfig.decoder_only=False")
+      raise UserError("EncoderDecoderModel needs TransformerConfig.decoder_only=False")
     return EncoderDecoder(self.config)
 
   def _required_features(self) -> tuple[str, ...]:
@@ -553,7 +554,7 @@ class DecoderOnlyModel(BaseModel):
     **kwargs,
   ):
     if feature_converter_name not in ("PrefixLMFeatureConverter", "DecoderFeatureConverter"):
-      raise ValueError(
+      raise UserError(
         f"feature_converter_name={feature_converter_name!r}: expected "
         "'PrefixLMFeatureConverter' or 'DecoderFeatureConverter'"
       )
@@ -563,7 +564,7 @@ class DecoderOnlyModel(BaseModel):
 
   def _make_module(self) -> nn.Module:
     if not self.config.decoder_only:
-      raise ValueError("DecoderOnlyModel needs TransformerConfig.decoder_only=True")
+      raise UserError("DecoderOnlyModel needs TransformerConfig.decoder_only=True")
     return DecoderOnly(self.config)
 
   def _required_features(self) -> tuple[str, ...]:

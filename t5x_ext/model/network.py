@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_ext.errors import UserError
 from t5x_ext.model import attention, axes, layers, masks
 from t5x_ext.model.layers import FULL, PREFILL, STEP
 
@@ -113,7 +114,7 @@ class TransformerConfig:
 
   def __post_init__(self):
     def fail(name, why):
-      raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r}: {why}")
+      raise UserError(f"TransformerConfig.{name}={getattr(self, name)!r}: {why}")
 
     for name in ("vocab_size", "emb_dim", "num_heads", "mlp_dim", "num_decoder_layers"):
       value = getattr(self, name)
@@ -121,7 +122,7 @@ class TransformerConfig:
         fail(name, "must be a positive integer")
     if self.head_dim is None:
       if self.emb_dim % self.num_heads:
-        raise ValueError(
+        raise UserError(
           f"TransformerConfig: head_dim=None derives emb_dim // num_heads, but "
           f"emb_dim={self.emb_dim} is not divisible by num_heads={self.num_heads}; "
           "set head_dim explicitly"
@@ -469,7 +470,7 @@ def _check_prompt(prompt: Array | None, *segment_ids: Array | None) -> int:
   if prompt is None:
     return 0
   if any(s is not None for s in segment_ids):
-    raise ValueError(
+    raise UserError(
       "A soft prompt needs unpacked batches (no *_segment_ids): prompt tuning does not "
       "support packing (`pack=False`)."
     )
@@ -521,7 +522,7 @@ class EncoderDecoder(nn.Module):
 
   def setup(self):
     if self.config.decoder_only:
-      raise ValueError("EncoderDecoder needs TransformerConfig.decoder_only=False")
+      raise UserError("EncoderDecoder needs TransformerConfig.decoder_only=False")
     _setup_output(self)
     self.encoder = Encoder(self.config)
     self.decoder = Decoder(self.config)
@@ -686,7 +687,7 @@ class DecoderOnly(nn.Module):
 
   def setup(self):
     if not self.config.decoder_only:
-      raise ValueError("DecoderOnly needs TransformerConfig.decoder_only=True")
+      raise UserError("DecoderOnly needs TransformerConfig.decoder_only=True")
     _setup_output(self)
     self.decoder = Decoder(self.config)
 
