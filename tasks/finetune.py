@@ -23,6 +23,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_ext import objectives
+from t5x_ext.errors import UserError
 from tasks import c4, corpus, metrics, pretraining, vocab
 
 SST2_LABELS = ("negative", "positive")
@@ -48,7 +49,7 @@ def _mode_slug(mode: str) -> str:
 
 def _check_mode(mode: str, name: str) -> None:
   if mode not in objectives.MODES:
-    raise ValueError(f"task {name!r}: mode={mode!r} is not one of {objectives.MODES}")
+    raise UserError(f"task {name!r}: mode={mode!r} is not one of {objectives.MODES}")
 
 
 def prepend_mode(dataset, output_features, mode: str):
@@ -200,7 +201,7 @@ def topic_examples(split: str) -> list[dict]:
     A list of `{"text", "label"}` dicts in a fixed order.
   """
   if split not in corpus.SPLITS:
-    raise ValueError(f"split={split!r} is not one of {corpus.SPLITS}")
+    raise UserError(f"split={split!r} is not one of {corpus.SPLITS}")
   by_label: dict[str, list[tuple[int, str, str]]] = {}
   seen = set()
   for d in corpus.documents():

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import seqio
 
 from t5x_ext import objectives
+from t5x_ext.errors import UserError
 from t5x_ext.objectives import codet5p
 
 VERSION = "v1"
@@ -153,7 +154,7 @@ def validate(
       mode_token_ids=mode_token_ids,
     )
   except ValueError as e:
-    raise ValueError(f"task {name!r}: {e}") from e
+    raise UserError(f"task {name!r}: {e}") from e
 
 
 def register_objectives(

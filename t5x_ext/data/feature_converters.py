@@ -29,6 +29,8 @@ from collections.abc import Mapping
 import seqio
 import tensorflow as tf
 
+from t5x_ext.errors import UserError
+
 DENOISER_IDS = "decoder_denoiser_ids"
 _TOKEN_IDS = "denoiser_ids"  # per-token id, packed alongside the targets
 _SPEC = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
@@ -168,7 +170,7 @@ class DecoderFeatureConverter(seqio.DecoderFeatureConverter):
 
   def __call__(self, ds, task_feature_lengths):
     if "suffixes" in task_feature_lengths:
-      raise ValueError(
+      raise UserError(
         "DecoderFeatureConverter with denoiser ids does not support 'suffixes' "
         f"(task_feature_lengths={dict(task_feature_lengths)})"
       )
@@ -199,5 +201,5 @@ def get_feature_converter(name: str, *, pack: bool = True, **kwargs) -> seqio.Fe
     ValueError: for an unknown name.
   """
   if name not in FEATURE_CONVERTERS:
-    raise ValueError(f"feature_converter_name={name!r} is not one of {sorted(FEATURE_CONVERTERS)}")
+    raise UserError(f"feature_converter_name={name!r} is not one of {sorted(FEATURE_CONVERTERS)}")
   return FEATURE_CONVERTERS[name](pack=pack, **kwargs)

@@ -18,6 +18,8 @@ import dataclasses
 import json
 import pathlib
 
+from t5x_ext.errors import UserError
+
 CONFIG_FILE = "config.json"
 
 # Transformers activation name (after `gated-`) -> (activation name used in this project,
@@ -92,11 +94,11 @@ class HFT5Spec:
 def _activation(feed_forward_proj: object) -> tuple[str, bool]:
   """Maps `feed_forward_proj` to (activation, gated), failing clearly on anything else."""
   if not isinstance(feed_forward_proj, str):
-    raise ValueError(f"feed_forward_proj={feed_forward_proj!r} is not a string")
+    raise UserError(f"feed_forward_proj={feed_forward_proj!r} is not a string")
   parts = feed_forward_proj.split("-", 1)
   gated = len(parts) == 2
   if gated and parts[0] != "gated":
-    raise ValueError(
+    raise UserError(
       f"feed_forward_proj={feed_forward_proj!r} is not of the form 'ACT' or 'gated-ACT'"
     )
   name = parts[-1]
@@ -104,7 +106,7 @@ def _activation(feed_forward_proj: object) -> tuple[str, bool]:
     name = "gelu_new"  # Transformers' special case: T5.1.1 checkpoints use the tanh GELU.
   if name not in _ACTIVATIONS:
     known = sorted({"relu", "gated-gelu", "gated-silu"} | {f"gated-{a}" for a in _ACTIVATIONS})
-    raise ValueError(
+    raise UserError(
       f"feed_forward_proj={feed_forward_proj!r} is not supported; known forms: {known}"
     )
   return _ACTIVATIONS[name], gated
@@ -120,7 +122,7 @@ def _scale_logits(cfg: dict) -> bool:
 def _positive_int(cfg: dict, key: str, default: int | None = None) -> int:
   value = cfg.get(key, default)
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(f"config.json {key}={value!r} must be a positive integer")
+    raise UserError(f"config.json {key}={value!r} must be a positive integer")
   return value
 
 
@@ -139,13 +141,13 @@ def parse_hf_config(cfg: dict) -> HFT5Spec:
   """
   model_type = cfg.get("model_type", "t5")
   if model_type not in ("t5", "mt5", "umt5"):
-    raise ValueError(f"config.json model_type={model_type!r} is not a T5 model (expected 't5')")
+    raise UserError(f"config.json model_type={model_type!r} is not a T5 model (expected 't5')")
   if model_type == "umt5":
     # umT5 gives every layer its own relative position bias; this import expects T5's
     # single bias table in the first layer.
-    raise ValueError("config.json model_type='umt5' (per-layer position bias) is not supported")
+    raise UserError("config.json model_type='umt5' (per-layer position bias) is not supported")
   if cfg.get("is_encoder_decoder", True) is not True:
-    raise ValueError(
+    raise UserError(
       f"config.json is_encoder_decoder={cfg.get('is_encoder_decoder')!r}: only "
       "T5ForConditionalGeneration checkpoints are supported"
     )
@@ -212,7 +214,7 @@ def to_hf_config(spec: HFT5Spec) -> dict:
     settings and special ids.
   """
   if spec.activation not in _FEED_FORWARD_PROJ:
-    raise ValueError(f"activation={spec.activation!r} has no Transformers T5 feed_forward_proj")
+    raise UserError(f"activation={spec.activation!r} has no Transformers T5 feed_forward_proj")
   return {
     "vocab_size": spec.vocab_size,
     "d_model": spec.d_model,

@@ -25,6 +25,8 @@ import pathlib
 import shutil
 from collections.abc import Mapping
 
+from t5x_ext.errors import UserError
+
 SPIECE_FILE = "spiece.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 TOKENIZER_JSON = "tokenizer.json"
@@ -37,7 +39,7 @@ def _pieces(spm_path: pathlib.Path):
   sp = spm.SentencePieceProcessor(model_file=str(spm_path))
   ids = {"pad": sp.pad_id(), "eos": sp.eos_id(), "unk": sp.unk_id()}
   if ids != {"pad": 0, "eos": 1, "unk": 2}:
-    raise ValueError(
+    raise UserError(
       f"vocabulary {str(spm_path)!r} has special ids {ids}; T5Tokenizer needs pad 0, EOS 1, "
       "unknown 2 (T5's SentencePiece settings)"
     )
@@ -56,14 +58,14 @@ def _extra_slots(
       # An id among the pieces is usable only when the piece is the mode (a user-defined
       # symbol of the SentencePiece model); any other piece would change meaning.
       if sp.id_to_piece(tok) != mode:
-        raise ValueError(
+        raise UserError(
           f"mode token {mode!r} has id {tok}, which is the piece {sp.id_to_piece(tok)!r} of "
           f"{str(spm_path)!r}, not {mode!r}"
         )
     elif pieces <= tok < pieces + extra_ids:
       slots[pieces + extra_ids - 1 - tok] = mode
     else:
-      raise ValueError(
+      raise UserError(
         f"mode token {mode!r} has id {tok}, outside the vocabulary's {pieces} pieces + "
         f"{extra_ids} extra ids"
       )
@@ -103,7 +105,7 @@ def write_tokenizer(
   sp = _pieces(spm_path)
   size = sp.get_piece_size() + extra_ids
   if max_size is not None and size > max_size:
-    raise ValueError(
+    raise UserError(
       f"vocabulary {str(spm_path)!r} has {sp.get_piece_size()} pieces + {extra_ids} extra ids "
       f"= {size} ids, more than the model's vocab_size={max_size}"
     )

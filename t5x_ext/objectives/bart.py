@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from t5x_ext.errors import UserError
 from t5x_ext.objectives.denoisers import Denoiser
 
 MASK_LENGTHS = ("span-poisson", "word", "subword")
@@ -137,20 +138,20 @@ class BartNoise:
     for name in ("mask_ratio", "mask_random", "insert_ratio", "rotate_ratio", "permute_sentences"):
       value = getattr(self, name)
       if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-        raise ValueError(f"{where}: bart.{name} must be in [0, 1], got {value!r}.")
+        raise UserError(f"{where}: bart.{name} must be in [0, 1], got {value!r}.")
     if self.mask_length not in MASK_LENGTHS:
-      raise ValueError(
+      raise UserError(
         f"{where}: bart.mask_length must be one of {MASK_LENGTHS}, got {self.mask_length!r}."
       )
     if self.replace_length not in REPLACE_LENGTHS:
-      raise ValueError(
+      raise UserError(
         f"{where}: bart.replace_length must be one of {REPLACE_LENGTHS}, got "
         f"{self.replace_length!r}."
       )
     if self.mask_length == "span-poisson" and not (
       math.isfinite(self.poisson_lambda) and 0 < self.poisson_lambda <= 64
     ):
-      raise ValueError(
+      raise UserError(
         f"{where}: bart.poisson_lambda must be in (0, 64], got {self.poisson_lambda!r}."
       )
 
@@ -302,7 +303,7 @@ def default_mask_id(vocabulary: Any) -> int:
   """
   extra = int(getattr(vocabulary, "extra_ids", 0) or 0)
   if extra < 1:
-    raise ValueError(
+    raise UserError(
       "BART's mask token is an extra id of the vocabulary by default, but it has none; "
       "give BartNoise(mask_id=...) or a vocabulary with extra_ids."
     )
@@ -356,7 +357,7 @@ def random_token_ids(vocabulary: Any, reserved: Sequence[int] = ()) -> np.ndarra
   ids = np.arange(first, base, dtype=np.int32)
   ids = ids[~np.isin(ids, np.asarray(list(reserved), np.int64))]
   if ids.size == 0:
-    raise ValueError("BART's random replacements need ordinary ids; the vocabulary has none.")
+    raise UserError("BART's random replacements need ordinary ids; the vocabulary has none.")
   return ids
 
 
@@ -430,14 +431,14 @@ def check_vocabulary(
     try:
       (m,) = mask_ids([d], vocabulary)
     except ValueError as e:
-      raise ValueError(f"Denoiser {d.name!r}: {e}") from e
+      raise UserError(f"Denoiser {d.name!r}: {e}") from e
     if not 0 <= m < size or m in special_ids(vocabulary):
-      raise ValueError(
+      raise UserError(
         f"Denoiser {d.name!r}: mask_id {m} must be an ordinary or extra id of the vocabulary "
         f"[0, {size}), not pad/EOS/UNK."
       )
     if m in mode_ids:
-      raise ValueError(
+      raise UserError(
         f"Denoiser {d.name!r}: mask_id {m} is also a mode token; give BartNoise(mask_id=...) "
         "another id."
       )

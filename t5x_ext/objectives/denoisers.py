@@ -28,6 +28,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from t5x_ext.errors import UserError
+
 # Mode-switch prefixes of [UL2] Sec. 3.1.3, re-exported from the TF-free `t5x_ext.modes`.
 from t5x_ext.modes import MODE_CLM, MODE_NLG, MODE_NLU, MODE_S2S, MODES  # noqa: F401
 
@@ -144,7 +146,7 @@ def normalized_rates(denoisers: Sequence[Denoiser]) -> list[float]:
   """
   total = sum(float(d.rate) for d in denoisers)
   if not total > 0:
-    raise ValueError(
+    raise UserError(
       "Denoiser rates must sum to a positive number; got "
       + ", ".join(f"{d.name}={d.rate!r}" for d in denoisers)
       + f" (sum {total!r})."

@@ -31,6 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_ext.errors import UserError
 from t5x_ext.objectives import bart, bart_noise, corruption
 from t5x_ext.objectives.denoisers import UL2_DENOISERS, Denoiser, normalized_rates
 from t5x_ext.objectives.planning import (
@@ -73,28 +74,28 @@ def mode_prefix_tokens(
       vocabulary.
   """
   if mode_prefix not in MODE_PREFIX_OPTIONS:
-    raise ValueError(f"mode_prefix must be one of {MODE_PREFIX_OPTIONS}, got {mode_prefix!r}.")
+    raise UserError(f"mode_prefix must be one of {MODE_PREFIX_OPTIONS}, got {mode_prefix!r}.")
   out = []
   for d in denoisers:
     if not d.mode:
       out.append([])
     elif mode_prefix == "token":
       if not mode_token_ids or d.mode not in mode_token_ids:
-        raise ValueError(
+        raise UserError(
           f"Denoiser {d.name!r}: mode {d.mode!r} has no id in mode_token_ids="
           f"{dict(mode_token_ids or {})}."
         )
       tok = int(mode_token_ids[d.mode])
       if tok < 0 or (vocabulary is not None and tok >= vocabulary.vocab_size):
         size = vocabulary.vocab_size if vocabulary is not None else "?"
-        raise ValueError(
+        raise UserError(
           f"Denoiser {d.name!r}: mode token id {tok} for {d.mode!r} is outside the "
           f"vocabulary [0, {size})."
         )
       out.append([tok])
     else:
       if vocabulary is None:
-        raise ValueError(
+        raise UserError(
           f"Denoiser {d.name!r}: a text mode prefix {d.mode!r} needs a vocabulary to encode it."
         )
       out.append([int(t) for t in vocabulary.encode(d.mode)])
@@ -129,7 +130,7 @@ def validate_denoisers(
   """
   check_denoisers(denoisers)
   if mode_prefix not in MODE_PREFIX_OPTIONS:
-    raise ValueError(f"mode_prefix must be one of {MODE_PREFIX_OPTIONS}, got {mode_prefix!r}.")
+    raise UserError(f"mode_prefix must be one of {MODE_PREFIX_OPTIONS}, got {mode_prefix!r}.")
   if mode_prefix == "token" or vocabulary is not None:
     prefixes = mode_prefix_tokens(
       denoisers, vocabulary=vocabulary, mode_prefix=mode_prefix, mode_token_ids=mode_token_ids
@@ -142,7 +143,7 @@ def validate_denoisers(
     sentinels = usable_sentinels(vocabulary.vocab_size, extra, reserved)
     for d in denoisers:
       if d.kind == "span" and sentinels < 1:
-        raise ValueError(
+        raise UserError(
           f"Denoiser {d.name!r}: span corruption needs sentinel ids but the vocabulary has "
           f"{extra} extra ids ({sentinels} usable)."
         )
@@ -223,7 +224,7 @@ def mixture_of_denoisers(
   """
   denoisers = tuple(denoisers)
   if sequence_length is None:
-    raise ValueError(
+    raise UserError(
       "mixture_of_denoisers plans its chunk lengths from sequence_length, e.g. "
       "{'inputs': 512, 'targets': 512}; got None."
     )

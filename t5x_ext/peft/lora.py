@@ -47,6 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t5x_ext.errors import UserError
 from t5x_ext.model import axes
 
 ATTENTION_TARGETS = ("query", "key", "value", "out")
@@ -85,16 +86,16 @@ class LoraConfig:
       object.__setattr__(self, "targets", (self.targets,))
     object.__setattr__(self, "targets", tuple(self.targets))
     if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-      raise ValueError(f"LoraConfig.rank = {self.rank!r}: must be an int >= 1.")
+      raise UserError(f"LoraConfig.rank = {self.rank!r}: must be an int >= 1.")
     if not self.alpha > 0:
-      raise ValueError(f"LoraConfig.alpha = {self.alpha!r}: must be > 0.")
+      raise UserError(f"LoraConfig.alpha = {self.alpha!r}: must be > 0.")
     if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"LoraConfig.dropout = {self.dropout!r}: must be in [0, 1).")
+      raise UserError(f"LoraConfig.dropout = {self.dropout!r}: must be in [0, 1).")
     if not self.targets:
-      raise ValueError("LoraConfig.targets is empty: name at least one kernel (e.g. 'query').")
+      raise UserError("LoraConfig.targets is empty: name at least one kernel (e.g. 'query').")
     for name in ("dtype", "base_dtype"):
       if getattr(self, name) not in DTYPES:
-        raise ValueError(f"LoraConfig.{name} = {getattr(self, name)!r}: one of {sorted(DTYPES)}.")
+        raise UserError(f"LoraConfig.{name} = {getattr(self, name)!r}: one of {sorted(DTYPES)}.")
 
   @property
   def scale(self) -> float:
@@ -199,7 +200,7 @@ def target_kernels(base_params: Any, config: LoraConfig) -> dict[tuple[str, ...]
 
   walk(base_params, ())
   if not found:
-    raise ValueError(
+    raise UserError(
       f"LoraConfig.targets = {config.targets!r} matches no kernel; kernels are e.g. {kernels[:6]}."
     )
   return found
