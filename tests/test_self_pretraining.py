@@ -219,3 +219,16 @@ def test_one_command_pretrains_finetunes_evaluates_then_skips(tmp_path):
   assert again["invocation"]["skipped"] == ["self_pretrain", "finetune", "eval"]
   assert again["eval"] == record["eval"]
   assert _mtimes(root) == before
+
+
+def test_no_self_pretraining_fine_tunes_from_scratch(tmp_path):
+  # The comparison's from-scratch arm: PRETRAIN_STEPS=0 registers and trains no pretraining.
+  root = tmp_path / "scratch"
+  record = self_pretrain.main([*_argv(root), "--gin.PRETRAIN_STEPS=0"])
+  assert not (root / self_pretrain.PRETRAIN_DIR).exists()
+  assert (root / self_pretrain.FINETUNE_DIR / "checkpoints" / "2").is_dir()
+  assert record["config"]["pretrain_task"] is None and record["config"]["objective"] is None
+  assert record["stages"]["finetune"]["config"]["start_from"] is None
+  assert record["invocation"]["trained"] == ["finetune"]
+  assert record["invocation"]["evaluated"] == ["finetune"]
+  assert record["eval"]["step"] == 2
