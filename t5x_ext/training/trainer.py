@@ -271,11 +271,20 @@ class Trainer:
     sums["loss"] = jnp.asarray(loss, jnp.float32)
     return sums
 
-  def _batch_shardings(self, batch):
+  def _batch_shardings(self):
     # One sharding as a pytree prefix: every feature splits its leading (batch) dim, and
     # batches with other feature sets (packed vs unpacked) reuse the same jit.
-    del batch
     return partitioning.batch_sharding(self.mesh)
+
+  def _jit_train_step(self):
+    # The one train-step jit (train_step and compile_train_step): state donated, `frozen`
+    # an argument placed with its own shardings.
+    return jax.jit(
+      self._train_step_fn,
+      in_shardings=(self.state_shardings, self._batch_shardings(), self.frozen_shardings),
+      out_shardings=(self.state_shardings, self.replicated),
+      donate_argnums=(0,),
+    )
 
   def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
     """One update. `state` is donated: do not use it after the call.
@@ -290,12 +299,7 @@ class Trainer:
     if self._train_step is None:
       if self.state_shardings is None:
         raise RuntimeError("Call init_state or abstract_state before train_step.")
-      self._train_step = jax.jit(
-        self._train_step_fn,
-        in_shardings=(self.state_shardings, self._batch_shardings(batch), self.frozen_shardings),
-        out_shardings=(self.state_shardings, self.replicated),
-        donate_argnums=(0,),
-      )
+      self._train_step = self._jit_train_step()
     with partitioning.axis_rules(self.mesh, self.rules):
       return self._train_step(state, batch, self.frozen)
 
@@ -310,16 +314,11 @@ class Trainer:
     """
     abstract = self.abstract_state(batch)
     shapes = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=partitioning.batch_sharding(self.mesh))
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self._batch_shardings())
       for k, v in batch.items()
     }
     start = time.perf_counter()
-    jitted = jax.jit(
-      self._train_step_fn,
-      in_shardings=(self.state_shardings, self._batch_shardings(batch), self.frozen_shardings),
-      out_shardings=(self.state_shardings, self.replicated),
-      donate_argnums=(0,),
-    )
+    jitted = self._jit_train_step()
     with partitioning.axis_rules(self.mesh, self.rules):
       frozen = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.frozen
@@ -347,7 +346,7 @@ class Trainer:
         self._eval_step_fn,
         in_shardings=(
           self.state_shardings.params,
-          self._batch_shardings(batch),
+          self._batch_shardings(),
           self.frozen_shardings,
         ),
         out_shardings=self.replicated,
