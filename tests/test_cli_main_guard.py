@@ -125,3 +125,22 @@ def test_typod_macro_from_the_command_line(tmp_path):
   assert "error: --gin.TRAIN_STEPZ" in proc.stderr and "Did you mean TRAIN_STEPS?" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_an_old_macro_name_still_works_with_one_line(capsys):
+  # EVAL_SUITE_PARTS was renamed EVAL_PARTS (the ablation runner's name): both set it.
+  import gin
+
+  try:
+    for binding in ("EVAL_SUITE_PARTS = ('probes',)", "EVAL_PARTS = ('probes',)"):
+      gin.clear_config()
+      cli.parse_gin(["runs/eval_suite.gin"], [binding])
+      assert cli.macro_value("EVAL_PARTS") == ("probes",)
+      assert str(cli.macro_value("EVAL_SUITE_PARTS")) == "%EVAL_PARTS"
+      warnings = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+      old = binding.startswith("EVAL_SUITE_PARTS")
+      assert warnings == (
+        ["warning: EVAL_SUITE_PARTS is deprecated; use EVAL_PARTS (set it instead)."] if old else []
+      )
+  finally:
+    gin.clear_config()

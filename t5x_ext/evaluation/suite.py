@@ -59,7 +59,7 @@ ZERO_SHOT_INPUTS = 256
 def _check(parts: Sequence[str], family_prefix: str, batch_size: int, max_eval_batches) -> None:
   unknown = [p for p in parts if p not in PARTS]
   if unknown:
-    raise UserError(f"EVAL_SUITE_PARTS = {tuple(parts)!r}: unknown {unknown}; choose from {PARTS}.")
+    raise UserError(f"EVAL_PARTS = {tuple(parts)!r}: unknown {unknown}; choose from {PARTS}.")
   mode_matrix.family_column("R", family_prefix)  # raises on a bad value
   if not isinstance(batch_size, int) or batch_size < 1:
     raise UserError(f"BATCH_SIZE = {batch_size!r}: must be a positive int.")

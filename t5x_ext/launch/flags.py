@@ -142,6 +142,7 @@ def parse_gin(
   # gin resolves `include` relative to the search path but the top-level files we resolve
   # ourselves, to give a clear error naming the flag.
   files = [_resolve_gin_file(f, paths) for f in gin_files]
+  gin_bindings = rename_old_macros(gin_bindings)
   # gin's package-resource reader logs an ERROR for every search-path miss of an include
   # ("Path not found"), even when a later prefix finds the file; those lines are noise.
   quiet = _DropGinPathMisses(paths)
@@ -162,10 +163,43 @@ def parse_gin(
     for handler in root.handlers:
       handler.removeFilter(quiet)
   gin_checks.check_flag_macros(gin_bindings, declared | set(CLI_MACROS) | set(known_macros))
+  _warn_old_macros_in_files()
 
 
 # Macros that the command-line plumbing itself reads (no run file has to declare them).
 CLI_MACROS = ("MIXTURE_OR_TASK_MODULE",)
+
+# Old macro name -> its new name (docs/configuration.md). A run file keeps the old macro as
+# a reference to the new one (`OLD = %NEW`), so old gin files still work; `parse_gin` turns a
+# `--gin.OLD=...` binding into `NEW = ...` and says so in one line.
+RENAMED_MACROS = {"EVAL_SUITE_PARTS": "EVAL_PARTS"}
+
+
+def rename_old_macros(gin_bindings: Sequence[str]) -> list[str]:
+  """Bindings with old macro names (`RENAMED_MACROS`) rewritten to the new ones.
+
+  Args:
+    gin_bindings: binding strings (`KEY = VALUE`).
+
+  Returns:
+    The bindings; each rewrite prints one deprecation line on stderr.
+  """
+  out = []
+  for binding in gin_bindings:
+    key, sep, value = binding.partition("=")
+    new = RENAMED_MACROS.get(key.strip())
+    if sep and new:
+      print(f"warning: {key.strip()} is deprecated; use {new} (set it instead).", file=sys.stderr)
+      binding = f"{new} ={value}"
+    out.append(binding)
+  return out
+
+
+def _warn_old_macros_in_files() -> None:
+  for old, new in RENAMED_MACROS.items():
+    value = macro_value(old)
+    if value is not None and str(value) != f"%{new}":
+      print(f"warning: {old} is deprecated; use {new} (a gin file sets {old}).", file=sys.stderr)
 
 
 def import_task_modules(modules: Any = None) -> list[str]:
