@@ -290,17 +290,6 @@ def feature_lengths(model: Any, lengths: Mapping[str, int]) -> dict[str, int]:
   """
   name = model.feature_converter_name
   li, lt = int(lengths.get("inputs", 0)), int(lengths["targets"])
-  if name == "EncDecFeatureConverter":
-    enc = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
-    dec = (
-      "decoder_input_tokens",
-      "decoder_target_tokens",
-      "decoder_loss_weights",
-      "decoder_segment_ids",
-      "decoder_positions",
-      "decoder_denoiser_ids",
-    )
-    return {**dict.fromkeys(enc, li), **dict.fromkeys(dec, lt)}
   dec = (
     "decoder_input_tokens",
     "decoder_target_tokens",
@@ -309,6 +298,9 @@ def feature_lengths(model: Any, lengths: Mapping[str, int]) -> dict[str, int]:
     "decoder_positions",
     "decoder_denoiser_ids",
   )
+  if name == "EncDecFeatureConverter":
+    enc = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
+    return {**dict.fromkeys(enc, li), **dict.fromkeys(dec, lt)}
   if name == "PrefixLMFeatureConverter":
     return dict.fromkeys((*dec, "decoder_causal_attention"), li + lt)
   if name == "DecoderFeatureConverter":
