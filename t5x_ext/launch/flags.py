@@ -519,7 +519,8 @@ def _report(error: BaseException) -> None:
 def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and_exit) -> None:
   """Runs an entry point's `main`, then exits the process promptly with a telling status.
 
-  - success: 0; a run stopped by SIGTERM after its checkpoint: `STOPPED_EXIT` (143);
+  - success: 0; a run stopped by SIGTERM (after its checkpoint, or with nothing new to
+    save, at any moment: `t5x_ext.training.preemption`): `STOPPED_EXIT` (143);
   - a user error (`t5x_ext.errors.UserError`: a bad setting, path, data; a held MODEL_DIR
     lock; a failed checkpoint write): `error: <message>` on stderr without the Python
     traceback, status 2 (set T5X_EXT_TRACEBACK=1 to see the traceback);
@@ -533,6 +534,10 @@ def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and
     argv: arguments (default `sys.argv[1:]`).
     exit_fn: ends the process with a status (tests pass a recorder).
   """
+  from t5x_ext.training import preemption  # light: no JAX
+
+  if exit_fn is _flush_and_exit:  # a real process (tests pass a recorder): SIGTERM exits it
+    preemption.install(exit_fn)  # before anything compiles; see preemption.py
   status = 1
   try:
     status = exit_status(main_fn(argv))
@@ -545,6 +550,8 @@ def main_guard(main_fn, argv: Sequence[str] | None = None, *, exit_fn=_flush_and
       status = 0 if e.code is None else USER_ERROR_EXIT
   except KeyboardInterrupt:
     status = 130
+  except preemption.Preempted:  # SIGTERM with nothing new to checkpoint: left cleanly
+    status = STOPPED_EXIT
   except user_error_types() as e:
     _report(e)
     status = USER_ERROR_EXIT
