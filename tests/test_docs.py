@@ -152,12 +152,10 @@ def _model_rows():
 
 @pytest.mark.parametrize("row", _model_rows(), ids=lambda r: _code(r[0]))
 def test_model_table_matches_the_parsed_config(row):
-  import gin
-  from t5x_ext.launch import flags as cli
+  from t5x_ext.launch import flags
 
   gin_file = _code(row[0])
-  cli.parse_gin([gin_file])
-  model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  model = flags.model_from_gin([gin_file])
   cfg = model.config
   enc, dec = (int(x) for x in row[1].split("+"))
   heads, head_dim = (int(x) for x in row[3].split("×"))
