@@ -190,6 +190,8 @@ def fit(
     max_to_keep=keep_checkpoints,
     async_save=async_checkpointing,
   )
+  # A SIGTERM save must not wait for this compilation (seconds on a loaded host).
+  checkpointing.warm_up_check_finite(_state_to_tree(abstract))
   state, start, batches_iter = _restore_or_init(
     ckpt, trainer, abstract, tx, data, first, seed=seed, params_from=restore_params_from, say=say
   )
