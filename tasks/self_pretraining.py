@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from t5x_ext.errors import UserError
 from tasks import pretraining
 
 VERSION = "v1"
@@ -98,17 +99,17 @@ def input_documents(
 
 def _check_task(task: seqio.Task, task_name: str, inputs_key: str) -> None:
   if not isinstance(task, seqio.Task):
-    raise ValueError(
+    raise UserError(
       f"{task_name!r} is a mixture: self-pretraining reads one task's inputs; name one of "
       "its tasks."
     )
   if TRAIN_SPLIT not in task.splits:
-    raise ValueError(
+    raise UserError(
       f"task {task_name!r} has no {TRAIN_SPLIT!r} split (splits: {sorted(task.splits)}): "
       "self-pretraining reads the train split only."
     )
   if inputs_key not in task.output_features:
-    raise ValueError(
+    raise UserError(
       f"task {task_name!r} has no {inputs_key!r} feature (features: "
       f"{sorted(task.output_features)}): nothing to pretrain on."
     )
@@ -146,14 +147,14 @@ def register_self_pretraining(
     The registered task's name.
 
   Raises:
-    ValueError: an unknown task or objective, a mixture, a task without a train split or
-      `inputs_key`, or a denoiser configuration the objectives reject.
+    UserError: (a ValueError) an unknown task or objective, a mixture, a task without a
+      train split or `inputs_key`, or a denoiser configuration the objectives reject.
   """
   if not re.fullmatch(r"[A-Za-z0-9_]+", objective):
-    raise ValueError(f"objective = {objective!r}: use letters, digits and '_' (it is in the name).")
+    raise UserError(f"objective = {objective!r}: use letters, digits and '_' (it is in the name).")
   if denoisers is None:
     if objective not in pretraining.OBJECTIVES:
-      raise ValueError(
+      raise UserError(
         f"objective = {objective!r} is not one of {sorted(pretraining.OBJECTIVES)}; pass "
         "denoisers= for another mixture."
       )
@@ -161,7 +162,7 @@ def register_self_pretraining(
   try:
     downstream = seqio.get_mixture_or_task(task_name)
   except ValueError:
-    raise ValueError(
+    raise UserError(
       f"task {task_name!r} is not registered (import the module that registers it)."
     ) from None
   _check_task(downstream, task_name, inputs_key)
@@ -179,7 +180,7 @@ def register_self_pretraining(
   def dataset_fn(split, shuffle_files=False, seed=None):
     del shuffle_files  # the examples are shuffled by the task that reads them
     if split != TRAIN_SPLIT:  # the source declares no other split; never read validation
-      raise ValueError(f"{name!r} has only the {TRAIN_SPLIT!r} split, not {split!r}.")
+      raise UserError(f"{name!r} has only the {TRAIN_SPLIT!r} split, not {split!r}.")
     # Look the task up when read, so a re-registered downstream task is the one read.
     return input_documents(seqio.get_mixture_or_task(task_name), inputs_key=inputs_key, seed=seed)
 

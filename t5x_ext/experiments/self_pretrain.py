@@ -36,6 +36,7 @@ from typing import Any
 
 from etils import epath
 
+from t5x_ext.errors import UserError
 from t5x_ext.training import run_paths
 
 REQUIRED_MACROS = ("MODEL_DIR",)
@@ -91,7 +92,7 @@ def _train_stage(
   marker = _read_json(marker_path)
   if marker is not None and marker.get("config") != config:
     diff = sorted(k for k in config if marker.get("config", {}).get(k) != config[k])
-    raise ValueError(
+    raise UserError(
       f"{stage_dir} was trained with other settings ({', '.join(diff)} differ); use another "
       "MODEL_DIR or remove that folder."
     )
@@ -181,8 +182,8 @@ def run_self_pretraining(
     The record written to MODEL_DIR/self_pretrain.json.
 
   Raises:
-    ValueError: an unknown task or objective, a bad setting, or a stage folder trained with
-      other settings.
+    UserError: (a ValueError) an unknown task or objective, a bad setting, or a stage folder
+      trained with other settings.
   """
   import tasks
   from t5x_ext.evaluation import task_eval
@@ -190,7 +191,7 @@ def run_self_pretraining(
 
   t_start = time.time()
   if int(pretrain_steps) < 0:
-    raise ValueError(f"PRETRAIN_STEPS = {pretrain_steps!r}: must be >= 0.")
+    raise UserError(f"PRETRAIN_STEPS = {pretrain_steps!r}: must be >= 0.")
   pretrain_steps = int(pretrain_steps)
   root = run_paths.path(model_dir)
   if _is_chief():
