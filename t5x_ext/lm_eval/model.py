@@ -140,29 +140,6 @@ def find_gin_file(checkpoint: str) -> str:
   )
 
 
-def model_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> Any:
-  """The gin macro `MODEL` of the given files (the convention of gin/models/).
-
-  Args:
-    gin_files: gin files (the project's search path resolves `include`s).
-    bindings: extra bindings.
-
-  Returns:
-    The model object.
-
-  Raises:
-    ValueError: when the files do not bind `MODEL`.
-  """
-  import gin
-  from t5x_ext.launch import flags
-
-  flags.parse_gin(list(gin_files), list(bindings))
-  ref = flags.macro_value("MODEL")
-  if not isinstance(ref, gin.config.ConfigurableReference):
-    raise UserError(f"the gin files {list(gin_files)} do not bind MODEL = @models....Model()")
-  return ref.scoped_configurable_fn()
-
-
 def _gin_files(gin_file: Any, checkpoint: str | None) -> list[str]:
   if gin_file is None:
     if checkpoint is None:
@@ -332,7 +309,9 @@ class T5xExtLM(LM):
     if mode_prefix not in NO_MODE and mode_prefix not in UL2_MODES:
       raise UserError(f"mode_prefix={mode_prefix!r}: expected [NLU], [NLG], [S2S] or none")
     if model is None:
-      model = model_from_gin(_gin_files(gin_file, checkpoint), _as_list(gin_bindings))
+      from t5x_ext.launch import flags
+
+      model = flags.model_from_gin(_gin_files(gin_file, checkpoint), _as_list(gin_bindings))
     if params is None and checkpoint is None:
       raise UserError("t5x_ext needs checkpoint=... (or params in Python)")
     self.model = model
