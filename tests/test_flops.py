@@ -164,3 +164,13 @@ def test_the_model_interface_gives_the_same_count(overrides, lengths):
   assert cls(cfg).flops_per_token(lengths) == pytest.approx(
     flops.flops_per_token(cfg, lengths), rel=1e-12
   )
+
+
+def test_progress_bar_shows_mfu_when_the_run_has_it(capsys):
+  from t5x_ext.training import metric_writers
+
+  bar = metric_writers.Progress(4, enabled=True)
+  bar.update(1, {"loss": 2.5, "tokens_per_s": 100.0, "mfu": 0.4125, "grad_norm": 1.0})
+  postfix = bar._bar.postfix
+  bar.close()
+  assert "mfu=0.4125" in postfix and "loss=2.5" in postfix and "grad_norm" not in postfix

@@ -297,14 +297,14 @@ class Progress:
 
     Args:
       step: the current step.
-      scalars: logged values; `loss`, `accuracy` and `tokens_per_s` are shown.
+      scalars: logged values; `loss`, `accuracy`, `tokens_per_s` and `mfu` are shown.
     """
     if self._bar is None:
       return
     self._bar.update(step - self._step)
     self._step = step
     if scalars:
-      shown = {k: scalars[k] for k in ("loss", "accuracy", "tokens_per_s") if k in scalars}
+      shown = {k: scalars[k] for k in ("loss", "accuracy", "tokens_per_s", "mfu") if k in scalars}
       self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
   def write(self, message: str) -> None:
