@@ -36,7 +36,7 @@ from etils import epath
 from t5x_ext.errors import UserError
 from t5x_ext.peft import adapters_io, lora
 from t5x_ext.peft.trainer import LoraTrainer
-from t5x_ext.training import checkpointing, loop, optimizers, partitioning
+from t5x_ext.training import checkpointing, fit, loop, partitioning
 from t5x_ext.training import metric_writers as metrics_lib
 from t5x_ext.training.trainer import TrainState
 
@@ -60,80 +60,6 @@ class LoraResult:
   last_metrics: dict[str, float]
   start_step: int
   stopped_by_signal: bool = False
-
-
-def _optimizer(optimizer, learning_rate) -> optax.GradientTransformation:
-  if optimizer is None:
-    return optimizers.make_optimizer(learning_rate=learning_rate)
-  if isinstance(optimizer, optax.GradientTransformation):
-    return optimizer
-  if callable(optimizer):  # a factory such as gin's `@optimizers.make_optimizer`
-    return optimizer(learning_rate=learning_rate)
-  raise UserError(f"optimizer = {optimizer!r}: expected an optax transformation or a factory.")
-
-
-def state_to_tree(state: TrainState) -> dict[str, Any]:
-  """The checkpointed tree: a dict, so `checkpointing.restore_params` finds `params`."""
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-
-
-class _DictCheckpointer:
-  """`loop.train_loop`'s checkpointer: saves the `TrainState` as `state_to_tree`."""
-
-  def __init__(self, ckpt: checkpointing.Checkpointer):
-    self.ckpt = ckpt
-
-  @property
-  def stop_requested(self) -> bool:
-    return self.ckpt.stop_requested
-
-  def should_save(self, step: int) -> bool:
-    return self.ckpt.should_save(step)
-
-  def save(self, step, state, position) -> bool:
-    return self.ckpt.save(step, state_to_tree(state), position)
-
-
-class _Replay:
-  """An iterator with its first batch already drawn (for shapes), replayed first."""
-
-  def __init__(self, first, it):
-    self._first, self._it = first, it
-    self._first_state = it.state() if hasattr(it, "state") else None
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    if self._first is not None:
-      batch, self._first = self._first, None
-      return batch
-    return next(self._it)
-
-  def state(self):
-    if self._first is not None:
-      return self._first_state
-    return self._it.state() if hasattr(self._it, "state") else None
-
-
-def _shared_position(position: Mapping[str, Any] | None) -> dict[str, Any]:
-  # Only process 0 writes the data item, so it must not hold per-process values.
-  if not position:
-    return {}
-  out = dict(position)
-  if isinstance(out.get("spec"), Mapping):
-    out["spec"] = {k: v for k, v in out["spec"].items() if k != "shard_id"}
-  return out
-
-
-def _restore_position(it, saved: Mapping[str, Any]) -> None:
-  if not saved or not hasattr(it, "restore"):
-    return
-  saved = dict(saved)
-  if isinstance(saved.get("spec"), Mapping):
-    spec = getattr(it, "spec", {}) or {}
-    saved["spec"] = {**saved["spec"], "shard_id": spec.get("shard_id", 0)}
-  it.restore(saved)
 
 
 def decode_merged(evaluator: Any, trainer: LoraTrainer) -> Any:
@@ -226,7 +152,7 @@ def finetune_lora(
   model_dir = os.fspath(model_dir)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.validate_batch_size(batch_size, mesh, num_microbatches)
-  tx = _optimizer(optimizer, learning_rate)
+  tx = fit.build_optimizer(optimizer, learning_rate)
 
   # 1. Data: this process's shard of every global batch.
   shard_id, num_shards = partitioning.process_batch_shard(mesh)
@@ -288,17 +214,17 @@ def finetune_lora(
     async_save=async_checkpointing,
   )
   is_chief = jax.process_index() == 0
-  restored = ckpt.restore_latest(state_to_tree(abstract))
+  restored = ckpt.restore_latest(fit.state_to_tree(abstract))
   if restored is not None:
     tree, position, start = restored
     state = TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"])
-    _restore_position(batches, position)
+    fit.restore_position(batches, position)
     data = batches
     logging.info("Resumed adapters from step %d in %s.", start, ckpt.directory)
   else:
     start = 0
     state = trainer.init_state(jax.random.key(seed), first)
-    data = _Replay(first, batches)
+    data = fit.Peeked(first, batches)
 
   # 5. The loop.
   writer = metrics_lib.MultiWriter(
@@ -327,9 +253,9 @@ def finetune_lora(
       train_steps=train_steps,
       log_every=log_every,
       writer=writer,
-      checkpointer=_DictCheckpointer(ckpt),
+      checkpointer=fit.CheckpointAdapter(ckpt),
       on_log=log,
-      position_fn=_shared_position,
+      position_fn=fit.position_for_checkpoint,
       evaluator=evaluator,
     )
   finally:

@@ -48,9 +48,9 @@ import optax
 from etils import epath
 
 from t5x_ext.model import axes
-from t5x_ext.peft import adapters_io, finetune, lora
+from t5x_ext.peft import adapters_io, lora
 from t5x_ext.peft.trainer import LoraTrainer
-from t5x_ext.training import checkpointing, loop, partitioning
+from t5x_ext.training import checkpointing, fit, loop, partitioning
 from t5x_ext.training import metric_writers as metrics_lib
 from t5x_ext.training.trainer import TrainState
 
@@ -354,7 +354,7 @@ def finetune_prompt(
   model_dir = os.fspath(model_dir)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.validate_batch_size(batch_size, mesh, num_microbatches)
-  tx = finetune._optimizer(optimizer, learning_rate)
+  tx = fit.build_optimizer(optimizer, learning_rate)
 
   shard_id, num_shards = partitioning.process_batch_shard(mesh)
   if batches is None:
@@ -415,17 +415,17 @@ def finetune_prompt(
     async_save=async_checkpointing,
   )
   is_chief = jax.process_index() == 0
-  restored = ckpt.restore_latest(finetune.state_to_tree(abstract))
+  restored = ckpt.restore_latest(fit.state_to_tree(abstract))
   if restored is not None:
     tree, position, start = restored
     state = TrainState(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"])
-    finetune._restore_position(batches, position)
+    fit.restore_position(batches, position)
     data = batches
     logging.info("Resumed the soft prompt from step %d in %s.", start, ckpt.directory)
   else:
     start = 0
     state = trainer.init_state(jax.random.key(seed), first)
-    data = finetune._Replay(first, batches)
+    data = fit.Peeked(first, batches)
 
   writer = metrics_lib.MultiWriter(
     [
@@ -453,9 +453,9 @@ def finetune_prompt(
       train_steps=train_steps,
       log_every=log_every,
       writer=writer,
-      checkpointer=finetune._DictCheckpointer(ckpt),
+      checkpointer=fit.CheckpointAdapter(ckpt),
       on_log=log,
-      position_fn=finetune._shared_position,
+      position_fn=fit.position_for_checkpoint,
       evaluator=evaluator,
     )
   finally:

@@ -157,7 +157,7 @@ def fit(
     mesh_shape=mesh_shape,
     num_microbatches=num_microbatches,
   )
-  tx = _build_optimizer(optimizer, learning_rate)
+  tx = build_optimizer(optimizer, learning_rate)
 
   # 2. This process's shard of every global batch.
   data = _open_data(run, mixture_or_task_name, model, pack=pack, seed=seed, use_cached=use_cached)
@@ -191,7 +191,7 @@ def fit(
     async_save=async_checkpointing,
   )
   # A SIGTERM save must not wait for this compilation (seconds on a loaded host).
-  checkpointing.warm_up_check_finite(_state_to_tree(abstract))
+  checkpointing.warm_up_check_finite(state_to_tree(abstract))
   state, start, batches_iter = _restore_or_init(
     ckpt, trainer, abstract, tx, data, first, seed=seed, params_from=restore_params_from, say=say
   )
@@ -229,12 +229,12 @@ def fit(
         train_steps=train_steps,
         log_every=log_every,
         writer=writer,
-        checkpointer=_CheckpointAdapter(ckpt),
+        checkpointer=CheckpointAdapter(ckpt),
         progress=progress,
         **throughput,
         denoiser_groups=run.denoiser_groups,
         on_log=on_log,
-        position_fn=_position_for_checkpoint,
+        position_fn=position_for_checkpoint,
         evaluator=evaluator,
       )
   finally:
@@ -259,7 +259,7 @@ def fit(
 # ---------------------------------------------------------------------------- the steps
 
 
-def _build_optimizer(optimizer, learning_rate) -> optax.GradientTransformation:
+def build_optimizer(optimizer, learning_rate) -> optax.GradientTransformation:
   if optimizer is None:
     return optimizers.make_optimizer(learning_rate=learning_rate)
   if isinstance(optimizer, optax.GradientTransformation):
@@ -340,7 +340,7 @@ def _plan_memory(trainer, first, batch_size, memory_bytes, device_memory, say):
     return None
 
 
-def _state_to_tree(state: TrainState) -> dict[str, Any]:
+def state_to_tree(state: TrainState) -> dict[str, Any]:
   # Checkpoints hold a plain dict so `checkpointing.restore_params` finds `params` by name.
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
@@ -351,10 +351,10 @@ def _tree_to_state(tree: Mapping[str, Any]) -> TrainState:
 
 def _restore_or_init(ckpt, trainer, abstract, tx, data, first, *, seed, params_from, say):
   """Returns `(state, start step, batches)`: resumed, fine-tuned from params, or fresh."""
-  restored = ckpt.restore_latest(_state_to_tree(abstract))
+  restored = ckpt.restore_latest(state_to_tree(abstract))
   if restored is not None:
     tree, position, start = restored
-    _restore_position(data, position)
+    restore_position(data, position)
     say(f"Resumed from step {start} in {ckpt.directory}.")
     return _tree_to_state(tree), start, data
   state = trainer.init_state(jax.random.key(seed), first)
@@ -363,7 +363,7 @@ def _restore_or_init(ckpt, trainer, abstract, tx, data, first, *, seed, params_f
     opt_state, _ = partitioning.init_optimizer_state(tx, params, trainer.state_shardings.params)
     state = TrainState(step=state.step, params=params, opt_state=opt_state)
     say(f"Initialised params from {params_from}.")
-  return state, 0, _Peeked(first, data)
+  return state, 0, Peeked(first, data)
 
 
 def _throughput(model, run, first, peak_flops_per_device, say) -> dict[str, Any]:
@@ -426,7 +426,7 @@ def _writers(model_dir, name, start, *, enabled, tensorboard):
   return metrics_lib.MultiWriter(writers)
 
 
-class _CheckpointAdapter:
+class CheckpointAdapter:
   """Gives `loop.train_loop` the Checkpointer with dict-shaped state."""
 
   def __init__(self, ckpt: checkpointing.Checkpointer):
@@ -440,15 +440,15 @@ class _CheckpointAdapter:
     return self.ckpt.should_save(step)
 
   def save(self, step, state, position) -> bool:
-    return self.ckpt.save(step, _state_to_tree(state), position)
+    return self.ckpt.save(step, state_to_tree(state), position)
 
 
-class _Peeked:
+class Peeked:
   """An iterator with its first batch already drawn (for shapes), replayed first."""
 
   def __init__(self, first, it):
     self._first, self._it = first, it
-    self._first_state = it.state()
+    self._first_state = it.state() if hasattr(it, "state") else None
 
   def __iter__(self):
     return self
@@ -460,7 +460,9 @@ class _Peeked:
     return next(self._it)
 
   def state(self):
-    return self._first_state if self._first is not None else self._it.state()
+    if self._first is not None:
+      return self._first_state
+    return self._it.state() if hasattr(self._it, "state") else None
 
   def close(self):
     """Closes the underlying iterator (its input pipeline), if it can be closed."""
@@ -470,18 +472,22 @@ class _Peeked:
       close()
 
 
-def _position_for_checkpoint(position: Mapping[str, Any] | None) -> dict[str, Any]:
+def position_for_checkpoint(position: Mapping[str, Any] | None) -> dict[str, Any]:
   # Only process 0 writes the data item, so it must not hold per-process values.
   if not position:
     return {}
   out = dict(position)
-  if "spec" in out:
+  if isinstance(out.get("spec"), Mapping):
     out["spec"] = {k: v for k, v in out["spec"].items() if k != "shard_id"}
   return out
 
 
-def _restore_position(it, saved: Mapping[str, Any]) -> None:
+def restore_position(it, saved: Mapping[str, Any]) -> None:
+  """Puts `it` at a checkpoint's data position, with this process's own shard id."""
+  if not saved or not hasattr(it, "restore"):
+    return
   saved = dict(saved)
-  if "spec" in saved:
-    saved["spec"] = {**saved["spec"], "shard_id": it.spec.get("shard_id", 0)}
+  if isinstance(saved.get("spec"), Mapping):
+    spec = getattr(it, "spec", {}) or {}
+    saved["spec"] = {**saved["spec"], "shard_id": spec.get("shard_id", 0)}
   it.restore(saved)
